@@ -1,0 +1,151 @@
+"""Board profiles: data files in boards/, validated on load. Code asks a board for
+capabilities (firmware chain, watchdog, emulator), never for its name."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+from .fields import Reader
+from .yamlsrc import load
+
+FIRMWARE_CHAINS = ("uefi", "rpi+uboot", "rpi+edk2")
+# GPT/UAPI architecture names (repart's usr-<arch>) mapped to Debian's and EFI's names.
+ARCHES = {"x86-64": ("amd64", "x64"), "arm64": ("arm64", "aa64")}
+
+
+@dataclass(frozen=True)
+class Watchdog:
+    device: str  # kernel driver / device name, for docs and checks
+    max_timeout_s: int
+
+
+@dataclass(frozen=True)
+class Emulator:
+    qemu: str
+    machine: str
+    cpu: str
+    memory_mib: int
+    firmware_code: tuple[str, ...]  # candidate paths, first existing wins
+    firmware_vars: tuple[str, ...]
+    watchdog: str | None
+    extra_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    description: str
+    arch: str
+    firmware_chain: str
+    firmware_options: tuple[str, ...]
+    kernel_package: str
+    initrd_modules: tuple[str, ...]
+    console: str
+    watchdog: Watchdog | None
+    firmware: tuple[str, ...]
+    config_txt: tuple[str, ...]
+    disk_devices: tuple[str, ...]
+    emulator: Emulator | None
+    complete: bool
+    source: Path
+
+    @property
+    def debian_arch(self) -> str:
+        return ARCHES[self.arch][0]
+
+    @property
+    def efi_arch(self) -> str:
+        return ARCHES[self.arch][1]
+
+    @property
+    def console_device(self) -> str:
+        return self.console.split(",")[0]
+
+
+def boards_dir() -> Path:
+    """boards/ of the source tree, or the copy installed with the package."""
+    env = os.environ.get("APPSDK_BOARDS_DIR")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent.parent / "boards", here / "data" / "boards"):
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError("no boards/ directory found", hint="set APPSDK_BOARDS_DIR")
+
+
+def list_boards(directory: Path | None = None) -> list[Board]:
+    directory = directory or boards_dir()
+    return [load_board_file(p) for p in sorted(directory.glob("*.yaml"))]
+
+
+def load_board(name: str, directory: Path | None = None) -> Board:
+    directory = directory or boards_dir()
+    path = directory / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(p.stem for p in sorted(directory.glob("*.yaml")))
+        raise ConfigError(f"unknown board {name!r}", field="board", hint=f"known boards: {known}")
+    return load_board_file(path)
+
+
+def load_board_file(path: Path) -> Board:
+    src = load(path)
+    top = Reader(src, (), src.data, {
+        "name", "description", "arch", "firmware_chain", "firmware_options", "kernel_package",
+        "initrd_modules", "console", "watchdog", "firmware", "config_txt", "disk_devices",
+        "emulator", "complete",
+    })
+    name = top.str("name", pattern=r"[a-z0-9][a-z0-9-]*", what="a board name")
+    if name != path.stem:
+        raise src.error(("name",), f"must match the file name ({path.stem!r})")
+    arch = top.str("arch")
+    if arch not in ARCHES:
+        raise src.error(("arch",), f"{arch!r} is not one of {', '.join(ARCHES)}")
+    chain = top.str("firmware_chain")
+    if chain not in FIRMWARE_CHAINS:
+        raise src.error(("firmware_chain",), f"{chain!r} is not one of {', '.join(FIRMWARE_CHAINS)}")
+    options = top.str_list("firmware_options") or (chain,)
+    for index, option in enumerate(options):
+        if option not in FIRMWARE_CHAINS:
+            raise src.error(("firmware_options", index), f"{option!r} is not a firmware chain")
+
+    watchdog = None
+    if top.has("watchdog"):
+        wd = top.sub("watchdog", {"device", "max_timeout_s"})
+        watchdog = Watchdog(wd.str("device"), wd.int("max_timeout_s", minimum=1))
+
+    emulator = None
+    if top.has("emulator"):
+        em = top.sub("emulator", {"qemu", "machine", "cpu", "memory_mib", "firmware_code",
+                                  "firmware_vars", "watchdog", "extra_args"})
+        emulator = Emulator(
+            qemu=em.str("qemu"),
+            machine=em.str("machine"),
+            cpu=em.str("cpu", "max"),
+            memory_mib=em.int("memory_mib", 2048, minimum=256),
+            firmware_code=em.str_list("firmware_code"),
+            firmware_vars=em.str_list("firmware_vars"),
+            watchdog=em.str("watchdog") if em.has("watchdog") else None,
+            extra_args=em.str_list("extra_args"),
+        )
+
+    return Board(
+        name=name,
+        description=top.str("description", ""),
+        arch=arch,
+        firmware_chain=chain,
+        firmware_options=options,
+        kernel_package=top.str("kernel_package"),
+        initrd_modules=top.str_list("initrd_modules"),
+        console=top.str("console"),
+        watchdog=watchdog,
+        firmware=top.str_list("firmware"),
+        config_txt=top.str_list("config_txt"),
+        disk_devices=top.str_list("disk_devices"),
+        emulator=emulator,
+        complete=top.bool("complete", True),
+        source=path,
+    )

@@ -1,0 +1,189 @@
+"""The `appsdk` command: argument parsing, rendering and exit codes, nothing else.
+Every command is a call into the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import AppsdkError
+from .progress import JsonReporter, Reporter, TextReporter
+from .units import parse_size
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="appsdk",
+        description="Build, flash, provision and update immutable appliances "
+        "(Raspberry Pi 4/5, x86 UEFI).",
+    )
+    parser.add_argument("--version", action="version", version=f"appsdk {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every command run")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create a new appliance directory")
+    p.add_argument("directory", type=Path)
+    p.add_argument("--id", help="appliance id (default: the directory name)")
+    p.add_argument("--board", default="x86-uefi")
+
+    p = sub.add_parser("boards", help="list board profiles")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("doctor", help="check the host: tools, tools tree, firmware, KVM")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("build", help="build the disk image, UKI and /usr image",
+                       description="Build an appliance: writes <id>_<ver>.img, .img.bmap, "
+                       ".efi, .usr and build.json into the output directory.")
+    p.add_argument("directory", type=Path, nargs="?", default=Path("."),
+                   help="appliance directory or appliance.yaml (default: .)")
+    p.add_argument("--board", help="board profile (default: the appliance's board)")
+    p.add_argument("--version", dest="app_version", metavar="V",
+                   help="override the version in appliance.yaml")
+    p.add_argument("--output", "-o", type=Path, help="output directory (default: DIR/build/BOARD)")
+    p.add_argument("--json", action="store_true", help="progress and result as JSON lines")
+
+    p = sub.add_parser("run", help="boot an image in QEMU",
+                       description="Boot a built image in QEMU (KVM if it works, else TCG). "
+                       "The image is not modified: writes go to a snapshot unless --disk or "
+                       "--in-place is given.")
+    p.add_argument("target", type=Path, help="build directory or .img file")
+    p.add_argument("--board", help="board profile (default: from build.json)")
+    p.add_argument("--disk", type=Path, help="persistent working copy of the image (made once)")
+    p.add_argument("--disk-size", help="grow the working copy to this size, e.g. 6G")
+    p.add_argument("--in-place", action="store_true", help="boot and modify the image itself")
+    p.add_argument("--serial-port", type=int, help="serial console on 127.0.0.1:PORT, not stdio")
+    p.add_argument("--forward", action="append", default=[], metavar="HOST:GUEST",
+                   help="forward a TCP port from 127.0.0.1:HOST to the guest")
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    p.add_argument("--print", dest="print_only", action="store_true",
+                   help="print the QEMU command line and exit")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(name)s: %(message)s")
+    try:
+        return int(COMMANDS[args.command](args))
+    except AppsdkError as exc:
+        print(f"appsdk: error: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"appsdk: hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("appsdk: interrupted", file=sys.stderr)
+        return 130
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .scaffold import init
+
+    path = init(args.directory, args.id, args.board)
+    print(f"created {path}; build it with: appsdk build {args.directory}")
+    return 0
+
+
+def cmd_boards(args: argparse.Namespace) -> int:
+    from .boards import list_boards
+
+    boards = list_boards()
+    if args.json:
+        _print_json([{"name": b.name, "arch": b.arch, "firmware_chain": b.firmware_chain,
+                      "firmware_options": list(b.firmware_options), "console": b.console,
+                      "emulated": b.emulator is not None, "complete": b.complete,
+                      "description": b.description} for b in boards])
+        return 0
+    for b in boards:
+        extra = "" if b.complete else "  (partial)"
+        print(f"{b.name:<10} {b.arch:<7} {'/'.join(b.firmware_options):<22} {b.description}{extra}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_checks
+
+    checks = run_checks()
+    if args.json:
+        _print_json([asdict(c) for c in checks])
+    else:
+        for c in checks:
+            print(f"{'ok ' if c.ok else 'MISSING'} {c.name:<20} {c.where}  ({c.note})")
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .pipeline import build
+
+    reporter: Reporter = JsonReporter() if args.json else TextReporter()
+    result = build(args.directory, board=args.board, version=args.app_version,
+                   output=args.output, reporter=reporter)
+    if args.json:
+        _print_json({"output": result.output, "id": result.app_id, "version": result.version,
+                     "board": result.board, "seconds": round(result.seconds, 1),
+                     "artifacts": {k: asdict(a) for k, a in result.artifacts.items()}})
+    else:
+        print(f"built {result.app_id} {result.version} for {result.board} "
+              f"in {result.seconds:.0f}s:")
+        for artifact in result.artifacts.values():
+            print(f"  {artifact.path}  {artifact.size / 1e6:.1f} MB")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .boards import load_board
+    from .pipeline import load_build
+    from .qemu import VmSpec, firmware_vars, kvm_works, prepare_disk, qemu_argv, scratch_dir
+
+    target: Path = args.target
+    if target.is_dir():
+        record = load_build(target)
+        image = target / record["artifacts"]["image"]["file"]
+        board_name = args.board or record["board"]["name"]
+    else:
+        image = target
+        sibling = target.parent / "build.json"
+        board_name = args.board or (load_build(sibling)["board"]["name"]
+                                    if sibling.exists() else "x86-uefi")
+    board = load_board(board_name)
+    size = parse_size(args.disk_size) if args.disk_size else None
+    disk = prepare_disk(image, args.disk, size)
+    accel = args.accel
+    if accel == "auto":
+        accel = "kvm" if kvm_works(board.emulator.qemu if board.emulator else "") else "tcg"
+    forward = tuple(tuple(int(x) for x in f.split(":", 1)) for f in args.forward)
+    spec = VmSpec(board=board, disk=disk, snapshot=not (args.in_place or args.disk),
+                  serial_port=args.serial_port, forward=forward,  # type: ignore[arg-type]
+                  accel=accel, vars_file=firmware_vars(board, scratch_dir()))
+    argv = qemu_argv(spec)
+    if args.print_only:
+        print(" ".join(argv))
+        return 0
+    print(f"appsdk: booting {disk} ({accel}); quit with Ctrl-A X", file=sys.stderr)
+    os.execvp(argv[0], argv)
+
+
+COMMANDS = {
+    "init": cmd_init,
+    "boards": cmd_boards,
+    "doctor": cmd_doctor,
+    "build": cmd_build,
+    "run": cmd_run,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

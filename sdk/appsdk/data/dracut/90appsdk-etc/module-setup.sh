@@ -1,0 +1,21 @@
+#!/bin/bash
+# appsdk: fill the tmpfs root's /etc from /usr/share/factory/etc before PID 1 starts,
+# and bring the persistent machine-id back from /var.
+
+check() {
+    return 0
+}
+
+depends() {
+    echo systemd
+}
+
+install() {
+    inst_multiple cp mkdir mount umount udevadm cat
+    inst_script "$moddir/appsdk-factory-etc.sh" /usr/lib/appsdk/appsdk-factory-etc.sh
+    inst_simple "$moddir/appsdk-factory-etc.service" \
+        "$systemdsystemunitdir/appsdk-factory-etc.service"
+    mkdir -p "$initdir/$systemdsystemunitdir/initrd-fs.target.wants"
+    ln_r "$systemdsystemunitdir/appsdk-factory-etc.service" \
+        "$systemdsystemunitdir/initrd-fs.target.wants/appsdk-factory-etc.service"
+}

@@ -1,0 +1,55 @@
+"""`appsdk doctor`: which tools are used from where, and what is missing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .boards import list_boards
+from .qemu import kvm_works
+from .tools import TOOLS_USED, cached_tools
+
+HOST_TOOLS = {
+    "mmdebstrap": ("mmdebstrap", "creates the rootfs and the tools tree"),
+    "bwrap": ("bubblewrap", "runs tools from the tools tree and dracut in the rootfs"),
+    "cp": ("coreutils", "copies OS trees"),
+    "qemu-system-x86_64": ("qemu-system-x86", "appsdk run (x86-uefi)"),
+    "qemu-system-aarch64": ("qemu-system-arm", "appsdk run (arm64 boards)"),
+    "sfdisk": ("fdisk", "inspect, tests"),
+    "gpg": ("gnupg", "signing updates"),
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    where: str
+    note: str
+
+
+def run_checks() -> list[Check]:
+    checks = [Check("root", os.geteuid() == 0, "uid", "builds run as root (mmdebstrap, chroot)")]
+    for tool, (package, why) in HOST_TOOLS.items():
+        path = shutil.which(tool)
+        checks.append(Check(tool, path is not None, path or f"apt-get install {package}", why))
+    tools = cached_tools()
+    if tools is None:
+        checks.append(Check("tools-tree", True, "not built yet",
+                            "made on the first `appsdk build` (about 20 s)"))
+    else:
+        for tool, package in TOOLS_USED.items():
+            found = any((tools.tree / d / tool).exists() for d in ("usr/bin", "usr/sbin"))
+            checks.append(Check(tool, found, f"tools tree {tools.tree}", f"from {package}"))
+    for board in list_boards():
+        if board.emulator:
+            code = next((p for p in board.emulator.firmware_code if Path(p).exists()), None)
+            checks.append(Check(f"firmware:{board.name}", code is not None,
+                                code or "missing", "UEFI firmware for `appsdk run`"))
+    if shutil.which("qemu-system-x86_64"):
+        kvm = kvm_works("qemu-system-x86_64")
+        checks.append(Check("kvm", True, "usable" if kvm else "not usable: TCG is used",
+                            "hardware acceleration for appsdk run"))
+    return checks

@@ -1,0 +1,94 @@
+"""The disk layout both sides agree on: partition labels, sizes, types, kernel command line.
+Build-time repart (disk stage) and first-boot repart.d (customize stage) derive from here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .boards import Board
+from .config import Appliance
+
+
+@dataclass(frozen=True)
+class Layout:
+    arch: str
+    esp_size: int
+    usr_size: int
+    var_min: int
+    version: str
+
+    @property
+    def usr_type(self) -> str:
+        return f"usr-{self.arch}"
+
+    @property
+    def usr_label(self) -> str:
+        return usr_label(self.version)
+
+
+def usr_label(version: str) -> str:
+    return f"usr_{version}"
+
+
+EMPTY_LABEL = "_empty"  # systemd-sysupdate's marker for a free slot
+VAR_LABEL = "var"
+
+
+def layout_for(app: Appliance, board: Board) -> Layout:
+    return Layout(
+        arch=board.arch,
+        esp_size=app.partitions.esp,
+        usr_size=app.partitions.usr,
+        var_min=app.partitions.var_min,
+        version=app.version,
+    )
+
+
+def partition(**keys: object) -> str:
+    lines = ["[Partition]"]
+    for key, value in keys.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "yes" if value else "no"
+        lines.append(f"{key}={value}")
+    return "\n".join(lines) + "\n"
+
+
+def device_repart(layout: Layout) -> dict[str, str]:
+    """repart.d for the device: on first boot add the empty B slot and /var (grown to the
+    disk). Slot sizes are pinned so repart never grows A and A/B always match."""
+    pinned = {"SizeMinBytes": layout.usr_size, "SizeMaxBytes": layout.usr_size}
+    return {
+        "10-esp.conf": partition(Type="esp", SizeMinBytes=layout.esp_size,
+                                 SizeMaxBytes=layout.esp_size),
+        "20-usr-a.conf": partition(Type=layout.usr_type, **pinned),
+        "21-usr-b.conf": partition(Type=layout.usr_type, Label=EMPTY_LABEL, **pinned),
+        "50-var.conf": partition(Type="var", Label=VAR_LABEL, Format="ext4",
+                                 SizeMinBytes=layout.var_min, FactoryReset=True),
+    }
+
+
+def image_repart(layout: Layout, esp_dir: str, usr_image: str) -> dict[str, str]:
+    """repart.d for the flashed image: ESP and slot A only (the rest is made on the device)."""
+    return {
+        "10-esp.conf": partition(Type="esp", Format="vfat", CopyFiles=f"{esp_dir}:/",
+                                 SizeMinBytes=layout.esp_size, SizeMaxBytes=layout.esp_size),
+        "20-usr-a.conf": partition(Type=layout.usr_type, Label=layout.usr_label,
+                                   CopyBlocks=usr_image, SizeMinBytes=layout.usr_size,
+                                   SizeMaxBytes=layout.usr_size),
+    }
+
+
+def kernel_cmdline(app: Appliance, board: Board) -> tuple[str, ...]:
+    return (
+        "root=tmpfs",
+        "rootflags=mode=0755",
+        f"mount.usr=PARTLABEL={usr_label(app.version)}",
+        "mount.usrfstype=erofs",
+        "mount.usrflags=ro",
+        f"console={board.console}",
+        # The image is configured at build time; never stop at an interactive first-boot wizard.
+        "systemd.firstboot=off",
+        *app.cmdline,
+    )

@@ -1,0 +1,126 @@
+"""Files the image carries for the on-device contract: os-release, units, fstab, repart.d.
+Pure functions (config in, {path: File} out) so the contract is unit-testable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import Appliance
+from .layout import VAR_LABEL, Layout, device_repart
+
+
+@dataclass(frozen=True)
+class File:
+    content: str
+    mode: int = 0o644
+
+
+def os_release(base: str, app: Appliance) -> str:
+    """Debian's os-release with the image identity added (IMAGE_ID/IMAGE_VERSION are what
+    sysupdate and our tooling read to know what is running)."""
+    drop = ("IMAGE_ID=", "IMAGE_VERSION=", "PRETTY_NAME=")
+    lines = [line for line in base.splitlines() if line and not line.startswith(drop)]
+    lines += [
+        f'PRETTY_NAME="{app.name} {app.version}"',
+        f"IMAGE_ID={app.id}",
+        f"IMAGE_VERSION={app.version}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+BANNER_SCRIPT = """#!/bin/sh
+. /usr/lib/os-release
+echo "appsdk: IMAGE_ID=$IMAGE_ID IMAGE_VERSION=$IMAGE_VERSION booted"
+"""
+
+BANNER_UNIT = """[Unit]
+Description=appsdk: show image id and version on the console
+After=systemd-user-sessions.service
+Before=getty.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+StandardOutput=tty
+TTYPath=/dev/console
+ExecStart=/usr/lib/appsdk/banner
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+MACHINE_ID_UNIT = """[Unit]
+Description=appsdk: keep the machine-id in /var
+Documentation=man:machine-id(5)
+DefaultDependencies=no
+RequiresMountsFor=/var/lib
+After=systemd-machine-id-commit.service
+Before=sysinit.target shutdown.target
+Conflicts=shutdown.target
+ConditionPathExists=!/var/lib/appsdk/machine-id
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'mkdir -p /var/lib/appsdk && cp /etc/machine-id /var/lib/appsdk/machine-id.new && mv /var/lib/appsdk/machine-id.new /var/lib/appsdk/machine-id'
+
+[Install]
+WantedBy=sysinit.target
+"""
+
+
+def fstab() -> str:
+    # /var is created by systemd-repart on first boot, so its mount waits for repart.
+    return (
+        "# appsdk: / is a tmpfs, /usr comes from the kernel command line, /var persists.\n"
+        f"PARTLABEL={VAR_LABEL} /var ext4 "
+        "defaults,x-systemd.after=systemd-repart.service,x-systemd.device-timeout=60s 0 2\n"
+    )
+
+
+def autologin_dropin() -> str:
+    return (
+        "# appsdk console.autologin: development images only\n"
+        "[Service]\nExecStart=\n"
+        "ExecStart=-/sbin/agetty --autologin root --noclear --keep-baud "
+        "115200,57600,38400,9600 - $TERM\n"
+    )
+
+
+def issue(app: Appliance) -> str:
+    return f"{app.name} {app.version} (IMAGE_ID={app.id} IMAGE_VERSION={app.version}) \\l\n\n"
+
+
+def usr_files(app: Appliance, layout: Layout) -> dict[str, File]:
+    """Files under /usr (part of the verified, read-only image)."""
+    files = {
+        "lib/appsdk/banner": File(BANNER_SCRIPT, 0o755),
+        "lib/systemd/system/appsdk-banner.service": File(BANNER_UNIT),
+        "lib/systemd/system/appsdk-machine-id.service": File(MACHINE_ID_UNIT),
+    }
+    for name, text in device_repart(layout).items():
+        files[f"lib/repart.d/{name}"] = File(text)
+    return files
+
+
+def etc_files(app: Appliance) -> dict[str, File]:
+    """Files under /etc (shipped as the factory copy, restored on every boot)."""
+    files = {
+        "fstab": File(fstab()),
+        "hostname": File(f"{app.id}\n"),
+        "issue": File(issue(app)),
+        # "uninitialized": PID 1 makes a new id on first boot; later boots restore it from /var.
+        "machine-id": File("uninitialized\n", 0o444),
+        # /usr is built with a fixed old mtime, so ConditionNeedsUpdate= units never rerun.
+        ".updated": File("TIMESTAMP_NSEC=0\n"),
+    }
+    if app.console.autologin:
+        files["systemd/system/serial-getty@.service.d/autologin.conf"] = File(autologin_dropin())
+    return files
+
+
+ENABLE_UNITS = ("appsdk-banner.service", "appsdk-machine-id.service")
+# Package-manager timers have nothing to do on an image-based system.
+DISABLE_UNITS = (
+    "apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "e2scrub_all.timer",
+    "e2scrub_reap.service",
+)

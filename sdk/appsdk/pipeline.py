@@ -1,0 +1,186 @@
+"""`appsdk build`: run the pipeline stages in order and record what was made in build.json.
+Artifacts are staged and moved into place only when every stage succeeded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__, bmap
+from .boards import Board, load_board
+from .config import Appliance, load_appliance
+from .errors import ConfigError
+from .layout import kernel_cmdline, layout_for
+from .progress import Event, NullReporter, Reporter, stage
+from .runner import Runner
+from .stages.customize import customize
+from .stages.disk import build_disk, disk_seed
+from .stages.esp import build_esp_tree, uki_name
+from .stages.initrd import build_initrd
+from .stages.rootfs import build_rootfs, recipe_for
+from .stages.uki import build_uki
+from .stages.usrimage import build_usr_image
+from .tools import ensure_tools
+
+BUILD_JSON = "build.json"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    output: Path
+    app_id: str
+    version: str
+    board: str
+    artifacts: dict[str, Artifact]
+    cmdline: str
+    seconds: float
+
+    @property
+    def image(self) -> Path:
+        return self.artifacts["image"].path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(4 * 1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build(
+    source: Path,
+    *,
+    board: str | None = None,
+    version: str | None = None,
+    output: Path | None = None,
+    reporter: Reporter | None = None,
+    runner: Runner | None = None,
+) -> BuildResult:
+    reporter = reporter or NullReporter()
+    runner = runner or Runner()
+    started = time.monotonic()
+    app = load_appliance(source)
+    if version:
+        app = app.with_version(version)
+    brd = load_board(board or app.board)
+    if not brd.complete:
+        reporter.emit(Event("info", "board",
+                            f"warning: board {brd.name} is not complete yet (see its profile)"))
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+    output = (output or Path(source if Path(source).is_dir() else Path(source).parent) /
+              "build" / f"{brd.name}").resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    work = output / ".work"
+    if work.exists():
+        shutil.rmtree(work)
+    staging = work / "out"
+    staging.mkdir(parents=True)
+    layout = layout_for(app, brd)
+    base = f"{app.id}_{app.version}"
+
+    with stage(reporter, "tools", "build tools tree") as r:
+        tools = ensure_tools(runner, reporter)
+        r["message"] = str(tools.tree)
+    with stage(reporter, "rootfs", f"Debian {app.base.suite} for {brd.debian_arch}") as r:
+        rootfs = build_rootfs(recipe_for(app, brd), runner, reporter)
+        r["message"] = f"({'cached' if rootfs.cached else 'built'}, kernel {rootfs.kernel_version})"
+    with stage(reporter, "customize", "overlay, identity, on-device units") as r:
+        custom = customize(app, layout, rootfs, work, runner)
+    with stage(reporter, "initrd", "dracut") as r:
+        initrd = build_initrd(brd, custom, rootfs.key, runner, reporter)
+        r["message"] = "(cached)" if initrd.cached else ""
+    with stage(reporter, "usr", "erofs image of /usr") as r:
+        usr = build_usr_image(custom.tree, staging / f"{base}.usr", f"{app.id}:{app.version}",
+                              tools, runner)
+        if usr.size > layout.usr_size:
+            raise ConfigError(
+                f"/usr image is {usr.size} bytes, larger than the slot ({layout.usr_size})",
+                file=str(app.source), field="partitions.usr", hint="raise partitions.usr")
+        r["message"] = f"({usr.size / 1e6:.1f} MB)"
+    cmdline = kernel_cmdline(app, brd)
+    with stage(reporter, "uki", "ukify") as r:
+        uki = build_uki(brd, custom.tree, custom.kernel, custom.kernel_version, initrd.path,
+                        cmdline, staging / uki_name(app.id, app.version), tools, runner)
+        r["message"] = f"({uki.path.stat().st_size / 1e6:.1f} MB)"
+    with stage(reporter, "esp", "systemd-boot, loader.conf, UKI"):
+        esp = build_esp_tree(brd, custom.tree, uki.path, app.id, app.version,
+                             work / "esp", epoch)
+    with stage(reporter, "disk", "GPT image by systemd-repart") as r:
+        disk = build_disk(layout, esp.root, usr.path, staging / f"{base}.img",
+                          disk_seed(app.id, app.version), work, tools, runner)
+        r["message"] = f"({disk.size / 1e6:.0f} MB)"
+    with stage(reporter, "bmap", "block map") as r:
+        block_map = bmap.create(disk.path)
+        bmap.write(block_map, staging / f"{base}.img.bmap")
+        r["message"] = f"({block_map.mapped_bytes / 1e6:.0f} MB mapped)"
+
+    # Publish: move every artifact into place, then build.json last (it marks completion).
+    (output / BUILD_JSON).unlink(missing_ok=True)
+    artifacts: dict[str, Artifact] = {}
+    names = {"image": f"{base}.img", "bmap": f"{base}.img.bmap",
+             "uki": uki_name(app.id, app.version), "usr": f"{base}.usr"}
+    for kind, name in names.items():
+        final = output / name
+        os.replace(staging / name, final)
+        artifacts[kind] = Artifact(final, final.stat().st_size, sha256_file(final))
+    result = BuildResult(output=output, app_id=app.id, version=app.version, board=brd.name,
+                         artifacts=artifacts, cmdline=uki.cmdline,
+                         seconds=time.monotonic() - started)
+    record = build_record(result, brd, app, rootfs.kernel_version, esp.files, disk.partitions,
+                          block_map, tools_versions(runner, tools))
+    (output / BUILD_JSON).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def tools_versions(runner: Runner, tools: Any) -> dict[str, str]:
+    out = tools.sandbox().run(runner, ["systemd-repart", "--version"]).stdout.splitlines()
+    return {"systemd": out[0] if out else "?", "tools_tree": tools.key}
+
+
+def build_record(result: BuildResult, board: Board, app: Appliance, kernel_version: str,
+                 esp_files: tuple[str, ...], partitions: tuple[Any, ...], block_map: bmap.Bmap,
+                 tools: dict[str, str]) -> dict[str, Any]:
+    return {
+        "appsdk": __version__,
+        "id": result.app_id,
+        "version": result.version,
+        "board": {"name": board.name, "arch": board.arch,
+                  "firmware_chain": board.firmware_chain, "console": board.console},
+        "kernel": kernel_version,
+        "cmdline": result.cmdline,
+        "artifacts": {k: {"file": a.path.name, "size": a.size, "sha256": a.sha256}
+                      for k, a in result.artifacts.items()},
+        "esp_files": list(esp_files),
+        "partitions": [asdict(p) for p in partitions],
+        "bmap": {"mapped_bytes": block_map.mapped_bytes, "image_size": block_map.image_size},
+        "partition_sizes": {"esp": app.partitions.esp, "usr": app.partitions.usr,
+                            "var_min": app.partitions.var_min},
+        "tools": tools,
+        "seconds": round(result.seconds, 1),
+    }
+
+
+def load_build(path: Path) -> dict[str, Any]:
+    """Read build.json from a build directory (or the file itself)."""
+    file = path / BUILD_JSON if path.is_dir() else path
+    try:
+        data: dict[str, Any] = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise ConfigError("no build.json: not a finished build directory", file=str(file),
+                          hint="run `appsdk build` first") from None
+    return data

@@ -1,0 +1,81 @@
+"""Progress as events: stages report, the CLI decides how to render (text, JSON, nothing)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TextIO
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "stage-start" | "stage-done" | "stage-cached" | "info" | "progress"
+    stage: str
+    message: str = ""
+    seconds: float | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Reporter(Protocol):
+    def emit(self, event: Event) -> None: ...
+
+
+class NullReporter:
+    def emit(self, event: Event) -> None:
+        pass
+
+
+class RecordingReporter:
+    """Keeps events in memory (tests, and callers that want a summary)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+
+class TextReporter:
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+
+    def emit(self, event: Event) -> None:
+        if event.kind == "stage-start":
+            line = f"==> {event.stage}: {event.message}" if event.message else f"==> {event.stage}"
+        elif event.kind == "stage-done":
+            line = f"    {event.stage} done in {event.seconds:.1f}s {event.message}".rstrip()
+        elif event.kind == "stage-cached":
+            line = f"    {event.stage}: cached {event.message}".rstrip()
+        else:
+            line = f"    {event.message}"
+        print(line, file=self.stream, flush=True)
+
+
+class JsonReporter:
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+
+    def emit(self, event: Event) -> None:
+        record: dict[str, Any] = {"event": event.kind, "stage": event.stage}
+        if event.message:
+            record["message"] = event.message
+        if event.seconds is not None:
+            record["seconds"] = round(event.seconds, 3)
+        record.update(event.data)
+        print(json.dumps(record, sort_keys=True), file=self.stream, flush=True)
+
+
+@contextmanager
+def stage(reporter: Reporter, name: str, message: str = "") -> Iterator[dict[str, Any]]:
+    """Time a stage; the body may put a short result message into the yielded dict."""
+    reporter.emit(Event("stage-start", name, message))
+    start = time.monotonic()
+    result: dict[str, Any] = {}
+    yield result
+    reporter.emit(
+        Event("stage-done", name, str(result.get("message", "")), time.monotonic() - start)
+    )

@@ -1,0 +1,125 @@
+"""Boot a built image in QEMU the way the board's emulator profile says (firmware, machine,
+watchdog), with the serial console on the terminal or a TCP port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .boards import Board
+from .cache import cache_root
+from .errors import ConfigError, ToolMissing
+from .runner import require
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    board: Board
+    disk: Path
+    snapshot: bool = True  # writes go to a throw-away overlay; the image stays as built
+    serial_port: int | None = None  # None: console on stdio
+    forward: tuple[tuple[int, int], ...] = ()  # (host port, guest port) on 127.0.0.1
+    memory_mib: int | None = None
+    accel: str = "tcg"
+    no_reboot: bool = False
+    vars_file: Path | None = None
+
+
+def first_existing(paths: tuple[str, ...], what: str, board: Board) -> Path:
+    for candidate in paths:
+        if Path(candidate).exists():
+            return Path(candidate)
+    raise ToolMissing(f"{what} for board {board.name} not found (looked at {', '.join(paths)})",
+                      hint="apt-get install ovmf (x86) or qemu-efi-aarch64 (arm64)")
+
+
+def firmware_vars(board: Board, directory: Path) -> Path:
+    """A private, writable copy of the UEFI variable store (never the system one)."""
+    emulator = emulator_of(board)
+    source = first_existing(emulator.firmware_vars, "UEFI variable store", board)
+    target = directory / f"{board.name}-efivars.fd"
+    if not target.exists():
+        shutil.copyfile(source, target)
+    return target
+
+
+def emulator_of(board: Board):  # type: ignore[no-untyped-def]
+    if board.emulator is None:
+        raise ConfigError(f"board {board.name} has no emulator profile", field="emulator",
+                          hint="boot it on real hardware, or use an emulated board")
+    return board.emulator
+
+
+def qemu_argv(spec: VmSpec) -> list[str]:
+    em = emulator_of(spec.board)
+    code = first_existing(em.firmware_code, "UEFI firmware", spec.board)
+    if spec.vars_file is None:
+        raise ConfigError("internal: VmSpec.vars_file must be set")
+    drive = f"if=none,id=disk0,format=raw,file={spec.disk}"
+    if spec.snapshot:
+        drive += ",snapshot=on"
+    argv = [
+        em.qemu, "-machine", em.machine, "-accel", spec.accel, "-cpu", em.cpu,
+        "-smp", "2", "-m", str(spec.memory_mib or em.memory_mib),
+        "-display", "none", "-nodefaults", "-no-user-config",
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={spec.vars_file}",
+        "-drive", drive,
+        # bootindex=0: without it OVMF tries other boot options first (+12 s).
+        "-device", "virtio-blk-pci,drive=disk0,bootindex=0",
+        "-device", "virtio-rng-pci",
+    ]
+    if spec.serial_port is None:
+        argv += ["-serial", "stdio"]
+    else:
+        argv += ["-serial", f"tcp:127.0.0.1:{spec.serial_port},server=on,wait=off"]
+    if em.watchdog:
+        argv += ["-device", em.watchdog, "-action", "watchdog=reset"]
+    netdev = "user,id=net0"
+    for host, guest in spec.forward:
+        netdev += f",hostfwd=tcp:127.0.0.1:{host}-:{guest}"
+    argv += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0"]
+    if spec.no_reboot:
+        argv.append("-no-reboot")
+    return [*argv, *em.extra_args]
+
+
+def kvm_works(qemu: str) -> bool:
+    """KVM is only used if a short probe run under it survives; the answer is cached."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    marker = cache_root() / "kvm-probe"
+    if marker.exists():
+        return marker.read_text().strip() == "yes"
+    try:
+        proc = subprocess.run(
+            [require(qemu), "-accel", "kvm", "-machine", "q35" if "x86" in qemu else "virt",
+             "-cpu", "host", "-display", "none", "-nodefaults", "-no-user-config",
+             "-m", "128"],
+            timeout=4, capture_output=True, check=False)
+        ok = False if proc.returncode != 0 else True
+    except subprocess.TimeoutExpired:
+        ok = True  # still running after 4 s: KVM executes guest code
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("yes\n" if ok else "no\n")
+    return ok
+
+
+def prepare_disk(image: Path, disk: Path | None, size: int | None) -> Path:
+    """A persistent working copy of the image (sparse), grown to `size` if given."""
+    if disk is None:
+        return image
+    if not disk.exists():
+        disk.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "--sparse=always", str(image), str(disk)], check=True)
+    if size and disk.stat().st_size < size:
+        os.truncate(disk, size)
+    return disk
+
+
+def scratch_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="appsdk-vm-"))

@@ -1,0 +1,89 @@
+"""Stage customize: turn the Debian tree into the appliance tree (overlay, identity,
+on-device units, factory /etc), in a fresh copy so the cached rootfs stays pristine."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from ..config import Appliance
+from ..errors import BuildError
+from ..layout import Layout
+from ..ondevice import DISABLE_UNITS, ENABLE_UNITS, File, etc_files, os_release, usr_files
+from ..runner import Runner
+from ..sandbox import Sandbox
+from .rootfs import Rootfs, copy_tree
+
+
+@dataclass(frozen=True)
+class Customized:
+    tree: Path
+    kernel: Path  # the kernel image, kept outside /usr (it goes into the UKI)
+    kernel_version: str
+
+
+def customize(app: Appliance, layout: Layout, rootfs: Rootfs, work: Path,
+              runner: Runner) -> Customized:
+    tree = work / "tree"
+    copy_tree(runner, rootfs.tree, tree)
+    kernel = work / "vmlinuz"
+    shutil.copyfile(tree / "boot" / f"vmlinuz-{rootfs.kernel_version}", kernel)
+
+    if app.overlay:
+        for top in ("usr", "etc"):
+            if (app.overlay / top).is_dir():
+                runner.run(["cp", "-a", "--no-preserve=ownership",
+                            f"{app.overlay / top}/.", str(tree / top)])
+
+    base_release = (tree / "usr/lib/os-release").read_text()
+    write_files(tree / "usr", {"lib/os-release": File(os_release(base_release, app))})
+    write_files(tree / "usr", usr_files(app, layout))
+    write_files(tree / "etc", etc_files(app))
+    install_dracut_module(tree)
+
+    systemctl = Sandbox(tree, binds=(tree,))
+    missing = [u for u in app.services if not unit_exists(tree, u)]
+    if missing:
+        raise BuildError(
+            f"services listed in {app.source}: unit(s) not found in the image: "
+            f"{', '.join(missing)}",
+            hint="add the unit under overlay/usr/lib/systemd/system/ or install its package",
+        )
+    systemctl.run(runner, ["systemctl", f"--root={tree}", "enable", *ENABLE_UNITS, *app.services])
+    present = [u for u in DISABLE_UNITS if unit_exists(tree, u)]
+    if present:
+        systemctl.run(runner, ["systemctl", f"--root={tree}", "disable", *present])
+
+    factory = tree / "usr/share/factory/etc"
+    factory.mkdir(parents=True, exist_ok=True)
+    runner.run(["cp", "-a", f"{tree / 'etc'}/.", str(factory)])
+    return Customized(tree=tree, kernel=kernel, kernel_version=rootfs.kernel_version)
+
+
+def unit_exists(tree: Path, unit: str) -> bool:
+    template = unit.split("@")[0] + "@." + unit.rsplit(".", 1)[1] if "@" in unit else unit
+    return any((tree / d / name).exists()
+               for d in ("usr/lib/systemd/system", "etc/systemd/system")
+               for name in (unit, template))
+
+
+def write_files(root: Path, files: dict[str, File]) -> None:
+    for rel, spec in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():
+            path.unlink()
+        path.write_text(spec.content)
+        path.chmod(spec.mode)
+
+
+def install_dracut_module(tree: Path) -> None:
+    source = resources.files("appsdk") / "data" / "dracut" / "90appsdk-etc"
+    target = tree / "usr/lib/dracut/modules.d/90appsdk-etc"
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in source.iterdir():
+        dest = target / entry.name
+        dest.write_bytes(entry.read_bytes())
+        dest.chmod(0o755 if entry.name.endswith(".sh") else 0o644)

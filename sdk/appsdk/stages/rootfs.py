@@ -1,0 +1,95 @@
+"""Stage rootfs: the appliance's OS tree from Debian by mmdebstrap, cached by recipe hash."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..boards import Board
+from ..cache import cached_dir, key_of
+from ..config import Appliance
+from ..errors import BuildError
+from ..progress import Event, Reporter
+from ..runner import Runner, require
+from ..tools import DPKG_EXCLUDES
+
+# What every appliance needs: systemd as init with sysupdate/repart/bless-boot, dracut for a
+# systemd initrd, veritysetup for dm-verity /usr, and mkfs.ext4 for /var on first boot.
+BASE_PACKAGES = (
+    "systemd", "systemd-sysv", "udev", "systemd-boot", "systemd-boot-efi",
+    "systemd-container", "systemd-repart", "systemd-cryptsetup", "dracut", "e2fsprogs",
+    "login", "passwd", "procps", "kmod", "util-linux",
+)
+
+
+@dataclass(frozen=True)
+class RootfsRecipe:
+    suite: str
+    mirror: str
+    components: tuple[str, ...]
+    arch: str
+    packages: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Rootfs:
+    tree: Path
+    kernel_version: str
+    key: str
+    cached: bool
+
+
+def recipe_for(app: Appliance, board: Board) -> RootfsRecipe:
+    packages = sorted({*BASE_PACKAGES, board.kernel_package, *app.base.packages})
+    return RootfsRecipe(
+        suite=app.base.suite,
+        mirror=app.base.mirror,
+        components=app.base.components,
+        arch=board.debian_arch,
+        packages=tuple(packages),
+    )
+
+
+def mmdebstrap_argv(recipe: RootfsRecipe, target: Path) -> list[str]:
+    return [
+        "mmdebstrap", "--variant=minbase", "--mode=root",
+        f"--architectures={recipe.arch}",
+        f"--components={','.join(recipe.components)}",
+        f"--include={','.join(recipe.packages)}",
+        *DPKG_EXCLUDES,
+        # The kernel's install hooks build a host initrd we never use; drop it from the cache.
+        '--customize-hook=rm -f "$1"/boot/initrd.img*',
+        recipe.suite, str(target), recipe.mirror,
+    ]
+
+
+def build_rootfs(recipe: RootfsRecipe, runner: Runner, reporter: Reporter) -> Rootfs:
+    key = key_of("rootfs", asdict(recipe))
+
+    def make(tmp: Path) -> None:
+        require("mmdebstrap")
+        reporter.emit(Event("info", "rootfs",
+                            f"mmdebstrap {recipe.suite}/{recipe.arch}: {len(recipe.packages)} packages"))
+        runner.run(mmdebstrap_argv(recipe, tmp / "tree"), env={"SOURCE_DATE_EPOCH": "0"},
+                   timeout=3600)
+
+    path, cached = cached_dir("rootfs", key, make)
+    tree = path / "tree"
+    return Rootfs(tree=tree, kernel_version=kernel_version(tree), key=key, cached=cached)
+
+
+def kernel_version(tree: Path) -> str:
+    versions = sorted(p.name for p in (tree / "usr/lib/modules").glob("*") if p.is_dir())
+    if len(versions) != 1:
+        raise BuildError(f"expected exactly one kernel in {tree}/usr/lib/modules, found {versions}")
+    if not (tree / "boot" / f"vmlinuz-{versions[0]}").exists():
+        raise BuildError(f"kernel image /boot/vmlinuz-{versions[0]} missing in {tree}")
+    return versions[0]
+
+
+def copy_tree(runner: Runner, src: Path, dst: Path) -> None:
+    """Copy an OS tree with owners, modes, links and xattrs (reflinks where supported)."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    runner.run(["cp", "-a", "--reflink=auto", str(src), str(dst)])
