@@ -8,10 +8,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .boards import Board, list_boards, load_board  # noqa: E402
-from .config import Appliance, load_appliance  # noqa: E402
-from .errors import AppsdkError, ConfigError  # noqa: E402
-from .pipeline import BuildResult, build, load_build  # noqa: E402
+from .boards import Board, list_boards, load_board
+from .config import Appliance, load_appliance
+from .errors import AppsdkError, ConfigError
+from .pipeline import BuildResult, build, load_build
 
 __all__ = [
     "Appliance",

@@ -98,16 +98,17 @@ def load_board_file(path: Path) -> Board:
         "initrd_modules", "console", "watchdog", "firmware", "config_txt", "disk_devices",
         "emulator", "complete",
     })
-    name = top.str("name", pattern=r"[a-z0-9][a-z0-9-]*", what="a board name")
+    name = top.text("name", pattern=r"[a-z0-9][a-z0-9-]*", what="a board name")
     if name != path.stem:
         raise src.error(("name",), f"must match the file name ({path.stem!r})")
-    arch = top.str("arch")
+    arch = top.text("arch")
     if arch not in ARCHES:
         raise src.error(("arch",), f"{arch!r} is not one of {', '.join(ARCHES)}")
-    chain = top.str("firmware_chain")
+    chain = top.text("firmware_chain")
     if chain not in FIRMWARE_CHAINS:
-        raise src.error(("firmware_chain",), f"{chain!r} is not one of {', '.join(FIRMWARE_CHAINS)}")
-    options = top.str_list("firmware_options") or (chain,)
+        raise src.error(("firmware_chain",),
+                        f"{chain!r} is not one of {', '.join(FIRMWARE_CHAINS)}")
+    options = top.texts("firmware_options") or (chain,)
     for index, option in enumerate(options):
         if option not in FIRMWARE_CHAINS:
             raise src.error(("firmware_options", index), f"{option!r} is not a firmware chain")
@@ -115,37 +116,37 @@ def load_board_file(path: Path) -> Board:
     watchdog = None
     if top.has("watchdog"):
         wd = top.sub("watchdog", {"device", "max_timeout_s"})
-        watchdog = Watchdog(wd.str("device"), wd.int("max_timeout_s", minimum=1))
+        watchdog = Watchdog(wd.text("device"), wd.integer("max_timeout_s", minimum=1))
 
     emulator = None
     if top.has("emulator"):
         em = top.sub("emulator", {"qemu", "machine", "cpu", "memory_mib", "firmware_code",
                                   "firmware_vars", "watchdog", "extra_args"})
         emulator = Emulator(
-            qemu=em.str("qemu"),
-            machine=em.str("machine"),
-            cpu=em.str("cpu", "max"),
-            memory_mib=em.int("memory_mib", 2048, minimum=256),
-            firmware_code=em.str_list("firmware_code"),
-            firmware_vars=em.str_list("firmware_vars"),
-            watchdog=em.str("watchdog") if em.has("watchdog") else None,
-            extra_args=em.str_list("extra_args"),
+            qemu=em.text("qemu"),
+            machine=em.text("machine"),
+            cpu=em.text("cpu", "max"),
+            memory_mib=em.integer("memory_mib", 2048, minimum=256),
+            firmware_code=em.texts("firmware_code"),
+            firmware_vars=em.texts("firmware_vars"),
+            watchdog=em.text("watchdog") if em.has("watchdog") else None,
+            extra_args=em.texts("extra_args"),
         )
 
     return Board(
         name=name,
-        description=top.str("description", ""),
+        description=top.text("description", ""),
         arch=arch,
         firmware_chain=chain,
         firmware_options=options,
-        kernel_package=top.str("kernel_package"),
-        initrd_modules=top.str_list("initrd_modules"),
-        console=top.str("console"),
+        kernel_package=top.text("kernel_package"),
+        initrd_modules=top.texts("initrd_modules"),
+        console=top.text("console"),
         watchdog=watchdog,
-        firmware=top.str_list("firmware"),
-        config_txt=top.str_list("config_txt"),
-        disk_devices=top.str_list("disk_devices"),
+        firmware=top.texts("firmware"),
+        config_txt=top.texts("config_txt"),
+        disk_devices=top.texts("disk_devices"),
         emulator=emulator,
-        complete=top.bool("complete", True),
+        complete=top.flag("complete", True),
         source=path,
     )

@@ -100,21 +100,21 @@ def load_appliance(path: Path) -> Appliance:
     file = find_config(path)
     src = load(file)
     top = Reader(src, (), src.data, TOP_FIELDS)
-    schema = top.int("schema", SCHEMA_VERSION)
+    schema = top.integer("schema", SCHEMA_VERSION)
     if schema != SCHEMA_VERSION:
         raise src.error(("schema",), f"schema {schema} is not supported (this appsdk reads 1)")
 
     base = top.sub("base", {"distribution", "suite", "mirror", "components", "packages"})
-    distribution = base.str("distribution", "debian")
+    distribution = base.text("distribution", "debian")
     if distribution != "debian":
         raise src.error(("base", "distribution"), f"{distribution!r} is not supported (debian)")
-    mirror = base.str("mirror", BaseOS.mirror)
+    mirror = base.text("mirror", BaseOS.mirror)
     if not mirror.startswith(("http://", "https://", "file:/")):
         raise src.error(("base", "mirror"), "must be an http(s):// or file:/ URL")
 
     overlay: Path | None = None
     if top.has("overlay"):
-        overlay = (file.parent / top.str("overlay")).resolve()
+        overlay = (file.parent / top.text("overlay")).resolve()
         if not overlay.is_dir():
             raise src.error(("overlay",), f"directory {overlay} does not exist")
         _check_overlay(src.error, overlay)
@@ -132,24 +132,29 @@ def load_appliance(path: Path) -> Appliance:
             raise src.error(("partitions", key), f"must be a whole number of MiB >= {minimum}M")
 
     console = top.sub("console", {"autologin"})
+    raw_version = top.raw("version")
+    if raw_version is not None and not isinstance(raw_version, str):
+        # YAML reads 1.10 as 1.1 and 1_0 as 10: an unquoted version silently changes.
+        raise src.error(("version",), f"must be a quoted string (YAML read it as {raw_version!r})",
+                        hint='write it in quotes, e.g. version: "1.10"')
 
     return Appliance(
-        id=top.str("id", pattern=ID_PATTERN, what="a valid id (lowercase letters, digits, '-')"),
-        version=top.str("version", pattern=VERSION_PATTERN,
+        id=top.text("id", pattern=ID_PATTERN, what="a valid id (lowercase letters, digits, '-')"),
+        version=top.text("version", pattern=VERSION_PATTERN,
                         what="a valid version (letters, digits, . ~ ^ -; no '_' or '+')"),
-        name=top.str("name", "") or top.str("id"),
-        board=top.str("board", "x86-uefi"),
+        name=top.text("name", "") or top.text("id"),
+        board=top.text("board", "x86-uefi"),
         base=BaseOS(
-            suite=base.str("suite", BaseOS.suite, pattern=SUITE_PATTERN, what="a Debian suite"),
+            suite=base.text("suite", BaseOS.suite, pattern=SUITE_PATTERN, what="a Debian suite"),
             mirror=mirror,
-            components=base.str_list("components") or BaseOS.components,
-            packages=base.str_list("packages", pattern=PACKAGE_PATTERN, what="a package name"),
+            components=base.texts("components") or BaseOS.components,
+            packages=base.texts("packages", pattern=PACKAGE_PATTERN, what="a package name"),
         ),
         overlay=overlay,
-        cmdline=tuple(kernel.str("cmdline", "").split()),
+        cmdline=tuple(kernel.text("cmdline", "").split()),
         partitions=partitions,
-        console=Console(autologin=console.bool("autologin", False)),
-        services=top.str_list("services", pattern=r"[A-Za-z0-9@_.:-]+\.(service|socket|timer|path)",
+        console=Console(autologin=console.flag("autologin", False)),
+        services=top.texts("services", pattern=r"[A-Za-z0-9@_.:-]+\.(service|socket|timer|path)",
                               what="a unit name (name.service, .socket, .timer, .path)"),
         health=_health(top),
         update=_update(top),
@@ -183,13 +188,13 @@ def _health(top: Reader) -> tuple[HealthCheck, ...]:
         if len(kinds) != 1:
             raise top.src.error(("health", index), "needs exactly one of command, unit, url")
         checks.append(HealthCheck(
-            name=item.str("name", f"check{index}", pattern=r"[a-z0-9][a-z0-9-]*",
+            name=item.text("name", f"check{index}", pattern=r"[a-z0-9][a-z0-9-]*",
                           what="a valid name (lowercase letters, digits, '-')"),
-            command=item.str("command") if item.has("command") else None,
-            unit=item.str("unit") if item.has("unit") else None,
-            url=item.str("url", pattern=r"https?://\S+", what="an http(s) URL")
+            command=item.text("command") if item.has("command") else None,
+            unit=item.text("unit") if item.has("unit") else None,
+            url=item.text("url", pattern=r"https?://\S+", what="an http(s) URL")
             if item.has("url") else None,
-            timeout=item.int("timeout", 30, minimum=1),
+            timeout=item.integer("timeout", 30, minimum=1),
         ))
     return tuple(checks)
 
@@ -197,7 +202,7 @@ def _health(top: Reader) -> tuple[HealthCheck, ...]:
 def _update(top: Reader) -> Update:
     update = top.sub("update", {"url", "automatic"})
     return Update(
-        url=update.str("url", pattern=r"https?://\S+", what="an http(s) URL")
+        url=update.text("url", pattern=r"https?://\S+", what="an http(s) URL")
         if update.has("url") else None,
-        automatic=update.bool("automatic", False),
+        automatic=update.flag("automatic", False),
     )

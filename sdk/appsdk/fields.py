@@ -31,7 +31,7 @@ class Reader:
     def raw(self, key: str) -> Any:
         return self.data.get(key)
 
-    def str(
+    def text(
         self,
         key: str,
         default: str | None = None,
@@ -51,7 +51,7 @@ class Reader:
             raise self.src.error((*self.path, key), f"{text!r} is not {what or 'valid'}")
         return text
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         value = self.data.get(key)
         if value is None:
             return default
@@ -59,7 +59,7 @@ class Reader:
             raise self.src.error((*self.path, key), f"must be true or false, got {value!r}")
         return value
 
-    def int(self, key: str, default: int | None = None, *, minimum: int = 0) -> int:
+    def integer(self, key: str, default: int | None = None, *, minimum: int = 0) -> int:
         value = self.data.get(key)
         if value is None:
             if default is None:
@@ -80,7 +80,7 @@ class Reader:
         except ValueError as exc:
             raise self.src.error((*self.path, key), str(exc)) from None
 
-    def str_list(self, key: str, *, pattern: str | None = None, what: str = "") -> tuple[str, ...]:
+    def texts(self, key: str, *, pattern: str | None = None, what: str = "") -> tuple[str, ...]:
         value = self.data.get(key)
         if value is None:
             return ()

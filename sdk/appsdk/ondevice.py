@@ -61,7 +61,9 @@ ConditionPathExists=!/var/lib/appsdk/machine-id
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'mkdir -p /var/lib/appsdk && cp /etc/machine-id /var/lib/appsdk/machine-id.new && mv /var/lib/appsdk/machine-id.new /var/lib/appsdk/machine-id'
+ExecStart=mkdir -p /var/lib/appsdk
+ExecStart=cp /etc/machine-id /var/lib/appsdk/machine-id.new
+ExecStart=mv /var/lib/appsdk/machine-id.new /var/lib/appsdk/machine-id
 
 [Install]
 WantedBy=sysinit.target

@@ -101,7 +101,7 @@ def kvm_works(qemu: str) -> bool:
              "-cpu", "host", "-display", "none", "-nodefaults", "-no-user-config",
              "-m", "128"],
             timeout=4, capture_output=True, check=False)
-        ok = False if proc.returncode != 0 else True
+        ok = proc.returncode == 0
     except subprocess.TimeoutExpired:
         ok = True  # still running after 4 s: KVM executes guest code
     marker.parent.mkdir(parents=True, exist_ok=True)

@@ -80,9 +80,8 @@ class Runner:
                 check=False,
             )
         except FileNotFoundError:
-            raise ToolMissing(
-                f"{args[0]} not found", hint=f"apt-get install {INSTALL_HINTS.get(args[0], args[0])}"
-            ) from None
+            package = INSTALL_HINTS.get(args[0], args[0])
+            raise ToolMissing(f"{args[0]} not found", hint=f"apt-get install {package}") from None
         except subprocess.TimeoutExpired:
             raise CommandTimeout(f"command timed out after {timeout}s: {' '.join(args)}") from None
         finally:

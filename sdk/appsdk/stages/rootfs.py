@@ -69,8 +69,8 @@ def build_rootfs(recipe: RootfsRecipe, runner: Runner, reporter: Reporter) -> Ro
 
     def make(tmp: Path) -> None:
         require("mmdebstrap")
-        reporter.emit(Event("info", "rootfs",
-                            f"mmdebstrap {recipe.suite}/{recipe.arch}: {len(recipe.packages)} packages"))
+        reporter.emit(Event("info", "rootfs", f"mmdebstrap {recipe.suite}/{recipe.arch}: "
+                            f"{len(recipe.packages)} packages"))
         runner.run(mmdebstrap_argv(recipe, tmp / "tree"), env={"SOURCE_DATE_EPOCH": "0"},
                    timeout=3600)
 

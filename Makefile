@@ -1,0 +1,27 @@
+# Quick start (Debian 12/13, as root):  make demo   |   make test
+PYTHON ?= python3
+APT_PACKAGES = mmdebstrap bubblewrap qemu-system-x86 ovmf mtools dosfstools fdisk \
+               bmap-tools xz-utils zstd gnupg debian-archive-keyring ca-certificates
+
+.PHONY: deps demo test unit vm lint bench
+
+deps:  ## install what appsdk and its tests need (apt + pip)
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES)
+	$(PYTHON) -m pip install -q -e '.[test]'
+
+demo: deps  ## build examples/hello and boot it in QEMU (console on this terminal)
+	appsdk build examples/hello
+	appsdk run examples/hello/build/x86-uefi --disk examples/hello/build/demo-disk.img --disk-size 6G
+
+test: deps  ## lint, unit tests, then VM tests (builds and boots real images)
+	$(PYTHON) -m pytest -m 'vm or not vm'
+
+unit:  ## fast tests only (no root, no network)
+	$(PYTHON) -m pytest
+
+vm:
+	$(PYTHON) -m pytest -m vm
+
+bench: deps
+	$(PYTHON) bench/build_times.py

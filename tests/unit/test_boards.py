@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appsdk.boards import list_boards, load_board, load_board_file
+from appsdk.errors import ConfigError
+
+
+def test_all_profiles_load() -> None:
+    boards = {b.name: b for b in list_boards()}
+    assert set(boards) >= {"x86-uefi", "rpi4", "rpi5"}
+    x86 = boards["x86-uefi"]
+    assert (x86.arch, x86.efi_arch, x86.debian_arch) == ("x86-64", "x64", "amd64")
+    assert x86.firmware_chain == "uefi"
+    assert x86.emulator is not None and x86.emulator.watchdog == "i6300esb"
+    assert boards["rpi4"].firmware_options == ("rpi+uboot", "rpi+edk2")
+    assert boards["rpi4"].watchdog is not None and boards["rpi4"].watchdog.max_timeout_s <= 16
+    assert boards["rpi5"].efi_arch == "aa64"
+
+
+def test_unknown_board_lists_known() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_board("rpi3")
+    assert info.value.hint and "x86-uefi" in info.value.hint
+
+
+def test_bad_profile(tmp_path: Path) -> None:
+    path = tmp_path / "myboard.yaml"
+    path.write_text("name: myboard\narch: riscv64\nfirmware_chain: uefi\n"
+                    "kernel_package: k\nconsole: ttyS0\n")
+    with pytest.raises(ConfigError, match=r"myboard.yaml:2: arch: 'riscv64' is not one of"):
+        load_board_file(path)
+
+
+def test_name_must_match_file(tmp_path: Path) -> None:
+    path = tmp_path / "a.yaml"
+    path.write_text("name: b\narch: arm64\nfirmware_chain: uefi\nkernel_package: k\n"
+                    "console: ttyS0\n")
+    with pytest.raises(ConfigError, match="must match the file name"):
+        load_board_file(path)

@@ -1,0 +1,66 @@
+"""The shell driver against recorded console transcripts: echo, ANSI escapes, kernel lines."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from appsdk.console import Shell, clean
+from appsdk.errors import CommandTimeout
+
+
+class ScriptedConsole:
+    """Answers each written command line using a responder; records what was written."""
+
+    def __init__(self, respond) -> None:  # type: ignore[no-untyped-def]
+        self.respond = respond
+        self.written: list[bytes] = []
+        self.pending = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+        self.pending += self.respond(data.decode())
+
+    def read(self, timeout: float) -> bytes:
+        out, self.pending = bytes(self.pending), bytearray()
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def shell_like(line: str, output: bytes, status: int, noise: bytes = b"") -> bytes:
+    """What a real console shows: the echoed line, escapes, kernel chatter, the output."""
+    begin = re.search(r"printf '%s%s\\n' '(\w+)' '-B'", line)
+    assert begin
+    token = begin.group(1).encode()
+    return (b"\x1b[?2004h" + line.encode().replace(b"\n", b"\r\n") + b"\r\n" + token +
+            b"-B\r\n" + noise + output + b"\r\n[  12.3] random: crng init done\r\n"[:0] +
+            token + b"-E:" + str(status).encode() + b":\r\n\x1b[?2004l")
+
+
+def test_marker_parse_with_echo_escapes_and_kernel_noise() -> None:
+    noise = b"[   31.44] audit: type=1101 msg='op=PAM'\r\n"
+    console = ScriptedConsole(lambda line: shell_like(line, b"\x1b[0;32mhello\x1b[0m", 3, noise))
+    status, output = Shell(console).run("echo hello")
+    assert status == 3
+    assert output.endswith("hello")
+
+
+def test_echoed_command_does_not_end_early() -> None:
+    # The typed line contains "'tok' '-E'" but never the joined marker "tok-E".
+    console = ScriptedConsole(lambda line: shell_like(line, b"ok", 0))
+    shell = Shell(console)
+    assert shell.output("true") == "ok"
+    assert b"-B'; true; printf" in console.written[0]
+
+
+def test_timeout_reports_last_output() -> None:
+    console = ScriptedConsole(lambda line: b"nothing useful\r\n")
+    with pytest.raises(CommandTimeout, match="nothing useful"):
+        Shell(console).run("sleep 100", timeout=0.3)
+
+
+def test_clean_strips_ansi_and_cr() -> None:
+    assert clean(b"\x1b[0;1;39mOK\x1b[0m\r\n\x1b[?2004h$ ") == "OK\n$ "

@@ -1,0 +1,74 @@
+"""The on-device contract as generated files: repart.d, command line, units."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from appsdk.boards import load_board
+from appsdk.config import load_appliance
+from appsdk.layout import device_repart, image_repart, kernel_cmdline, layout_for
+from appsdk.ondevice import etc_files, os_release, usr_files
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def hello():  # type: ignore[no-untyped-def]
+    return load_appliance(REPO / "examples/hello"), load_board("x86-uefi")
+
+
+def parse(text: str) -> dict[str, str]:
+    lines = text.splitlines()
+    assert lines[0] == "[Partition]"
+    return dict(line.split("=", 1) for line in lines[1:])
+
+
+def test_device_repart_pins_slot_sizes_and_grows_var() -> None:
+    app, board = hello()
+    files = {name: parse(text) for name, text in device_repart(layout_for(app, board)).items()}
+    assert list(files) == ["10-esp.conf", "20-usr-a.conf", "21-usr-b.conf", "50-var.conf"]
+    gib = str(1024**3)
+    for name in ("20-usr-a.conf", "21-usr-b.conf"):
+        assert files[name]["Type"] == "usr-x86-64"
+        assert files[name]["SizeMinBytes"] == files[name]["SizeMaxBytes"] == gib
+    assert files["21-usr-b.conf"]["Label"] == "_empty"
+    assert "Label" not in files["20-usr-a.conf"]  # A keeps whatever version label it has
+    var = files["50-var.conf"]
+    assert var == {"Type": "var", "Label": "var", "Format": "ext4",
+                   "SizeMinBytes": str(2 * 1024**3), "FactoryReset": "yes"}
+
+
+def test_image_repart_holds_esp_and_slot_a_only() -> None:
+    app, board = hello()
+    files = image_repart(layout_for(app, board), "/w/esp", "/w/hello.usr")
+    assert parse(files["10-esp.conf"]) == {
+        "Type": "esp", "Format": "vfat", "CopyFiles": "/w/esp:/",
+        "SizeMinBytes": str(256 * 1024**2), "SizeMaxBytes": str(256 * 1024**2)}
+    usr = parse(files["20-usr-a.conf"])
+    assert usr["Label"] == "usr_1.0" and usr["CopyBlocks"] == "/w/hello.usr"
+    assert len(files) == 2
+
+
+def test_kernel_cmdline() -> None:
+    app, board = hello()
+    assert kernel_cmdline(app, board) == (
+        "root=tmpfs", "rootflags=mode=0755", "mount.usr=PARTLABEL=usr_1.0",
+        "mount.usrfstype=erofs", "mount.usrflags=ro", "console=ttyS0,115200",
+        "systemd.firstboot=off")
+
+
+def test_os_release_carries_image_identity() -> None:
+    app, _ = hello()
+    text = os_release('PRETTY_NAME="Debian"\nID=debian\nIMAGE_VERSION=old\n', app)
+    assert "IMAGE_ID=hello\n" in text and "IMAGE_VERSION=1.0\n" in text
+    assert "IMAGE_VERSION=old" not in text and "ID=debian" in text
+
+
+def test_files_for_device() -> None:
+    app, board = hello()
+    usr = usr_files(app, layout_for(app, board))
+    assert "lib/repart.d/21-usr-b.conf" in usr
+    assert usr["lib/appsdk/banner"].mode == 0o755
+    etc = etc_files(app)
+    assert "PARTLABEL=var /var ext4" in etc["fstab"].content
+    assert etc["machine-id"].content == "uninitialized\n"
+    assert "systemd/system/serial-getty@.service.d/autologin.conf" in etc

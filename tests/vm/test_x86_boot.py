@@ -1,0 +1,142 @@
+"""Walking skeleton, proven on a booted device: build examples/hello for x86-uefi, grow the
+disk to 6 GiB, boot it twice with q35 + OVMF under TCG and read the facts off its console."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from vmlib import disk_copy, free_port, ovmf_vars, running
+
+import appsdk
+from appsdk.boards import load_board
+from appsdk.qemu import VmSpec, qemu_argv
+
+GiB = 1024**3
+SECTOR = 512
+
+
+def plain_qemu(image: Path, vars_fd: Path, port: int) -> list[str]:
+    """The README's 'no appsdk needed' command line, with the serial port on TCP."""
+    return [
+        "qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-m", "2048", "-smp", "2",
+        "-display", "none",
+        "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+        "-drive", f"if=pflash,format=raw,unit=1,file={vars_fd}",
+        "-drive", f"if=none,id=d0,format=raw,file={image}",
+        "-device", "virtio-blk-pci,drive=d0,bootindex=0",
+        "-serial", f"tcp:127.0.0.1:{port},server=on,wait=off", "-no-reboot",
+    ]
+
+
+def partitions(shell) -> dict[str, dict[str, int]]:  # type: ignore[no-untyped-def]
+    """{label: {start, size}} in 512-byte sectors, as the guest kernel sees the disk."""
+    out = shell.output(
+        # Labels from udev (blkid reads the GPT); the kernel's PARTNAME is missing for
+        # partitions that repart added at runtime.
+        "for p in /sys/class/block/vda/vda*; do "
+        "echo \"$(lsblk -dno PARTLABEL /dev/${p##*/}) $(cat $p/start) $(cat $p/size)\"; done")
+    table = {}
+    for line in out.splitlines():
+        label, start, size = line.split()
+        table[label] = {"start": int(start), "size": int(size)}
+    return table
+
+
+@pytest.fixture(scope="module")
+def booted_twice(hello_v1: appsdk.BuildResult, tmp_path_factory: pytest.TempPathFactory,
+                 vm_logs: Path) -> dict[str, object]:
+    """Boot 1 via appsdk's QEMU command line, boot 2 via the plain README command line."""
+    work = tmp_path_factory.mktemp("x86-boot")
+    disk = disk_copy(hello_v1.image, work / "disk.img", 6 * GiB)
+    vars_fd = ovmf_vars(work)
+    facts: dict[str, object] = {}
+
+    port = free_port()
+    spec = VmSpec(board=load_board("x86-uefi"), disk=disk, snapshot=False, serial_port=port,
+                  accel="tcg", no_reboot=True, vars_file=vars_fd)
+    with running(qemu_argv(spec), port, vm_logs, "x86-boot1") as vm:
+        sh = vm.shell
+        facts["banner1"] = sh.expect(r"appsdk: IMAGE_ID=(\S+) IMAGE_VERSION=(\S+) booted",
+                                     300).groups()
+        sh.login()
+        facts["root_fstype"] = sh.output("findmnt -no FSTYPE /")
+        facts["usr_mount"] = sh.output("findmnt -no SOURCE,FSTYPE,OPTIONS /usr")
+        facts["usr_label"] = sh.output("lsblk -no PARTLABEL $(findmnt -no SOURCE /usr)")
+        facts["usr_write"] = sh.run("touch /usr/lib/should-fail")[0]
+        facts["disk_sectors"] = int(sh.output("cat /sys/class/block/vda/size"))
+        facts["partitions"] = partitions(sh)
+        facts["var_fstype"] = sh.output("findmnt -no FSTYPE /var")
+        facts["token"] = sh.output("head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \\n' "
+                                   "| tee /var/lib/appsdk-test-token")
+        facts["machine_id1"] = sh.output("cat /etc/machine-id")
+        facts["health"] = sh.output(
+            "for i in $(seq 30); do python3 -c \"import urllib.request as u; "
+            "print(u.urlopen('http://127.0.0.1:8080/health').read().decode())\" "
+            "2>/dev/null && break; sleep 1; done")
+        facts["failed_units"] = sh.output("systemctl --failed --no-legend --plain | cat")
+        sh.send("sync; systemctl poweroff")
+        assert vm.wait_exit(120) == 0
+
+    port = free_port()
+    with running(plain_qemu(disk, vars_fd, port), port, vm_logs, "x86-boot2") as vm:
+        sh = vm.shell
+        facts["banner2"] = sh.expect(r"appsdk: IMAGE_ID=(\S+) IMAGE_VERSION=(\S+) booted",
+                                     300).groups()
+        sh.login()
+        facts["token2"] = sh.output("cat /var/lib/appsdk-test-token")
+        facts["machine_id2"] = sh.output("cat /etc/machine-id")
+        facts["partitions2"] = partitions(sh)
+        sh.send("systemctl poweroff")
+        vm.wait_exit(120)
+    return facts
+
+
+def test_banner_shows_id_and_version(booted_twice: dict[str, object]) -> None:
+    assert booted_twice["banner1"] == ("hello", "1.0")
+    assert booted_twice["banner2"] == ("hello", "1.0")
+
+
+def test_root_is_tmpfs_and_usr_is_readonly_slot_a(booted_twice: dict[str, object]) -> None:
+    assert booted_twice["root_fstype"] == "tmpfs"
+    _source, fstype, options = str(booted_twice["usr_mount"]).split()
+    assert fstype == "erofs"
+    assert re.match(r"ro(,|$)", options)
+    assert booted_twice["usr_label"] == "usr_1.0"
+    assert booted_twice["usr_write"] != 0
+
+
+def test_first_boot_made_empty_b_slot_and_var_to_end_of_disk(
+        booted_twice: dict[str, object]) -> None:
+    parts = booted_twice["partitions"]
+    assert isinstance(parts, dict)
+    assert set(parts) == {"esp", "usr_1.0", "_empty", "var"}, parts
+    assert parts["_empty"]["size"] == parts["usr_1.0"]["size"] == GiB // SECTOR
+    var_end = parts["var"]["start"] + parts["var"]["size"]
+    disk = booted_twice["disk_sectors"]
+    assert isinstance(disk, int)
+    # GPT keeps 33 sectors for its backup at the end; repart aligns to 4 KiB.
+    assert disk - var_end <= 34 + 8, (disk, var_end)
+    # 6 GiB disk - 256 MiB ESP - 2 x 1 GiB slots: /var got the remaining ~3.75 GiB.
+    assert parts["var"]["size"] * SECTOR > 3.7 * GiB
+    assert booted_twice["var_fstype"] == "ext4"
+    # The layout is stable: the second boot changed nothing.
+    assert booted_twice["partitions2"] == parts
+
+
+def test_var_survives_reboot_with_machine_id(booted_twice: dict[str, object]) -> None:
+    assert re.fullmatch(r"[0-9a-f]{24}", str(booted_twice["token"]))
+    assert booted_twice["token2"] == booted_twice["token"]
+    assert re.fullmatch(r"[0-9a-f]{32}", str(booted_twice["machine_id1"]))
+    assert booted_twice["machine_id2"] == booted_twice["machine_id1"]
+
+
+def test_hello_service_answers_health(booted_twice: dict[str, object]) -> None:
+    health = json.loads(str(booted_twice["health"]).splitlines()[-1])
+    assert health == {"status": "ok", "id": "hello", "version": "1.0"}
+
+
+def test_no_failed_units(booted_twice: dict[str, object]) -> None:
+    assert booted_twice["failed_units"] == ""

@@ -1,0 +1,71 @@
+"""QEMU machines for VM tests: a process plus a Shell on its serial socket."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from appsdk.console import SerialConsole, Shell
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def disk_copy(image: Path, target: Path, size: int) -> Path:
+    """A sparse working copy of a built image, grown like a real (bigger) disk."""
+    subprocess.run(["cp", "--sparse=always", str(image), str(target)], check=True)
+    os.truncate(target, size)
+    return target
+
+
+class Vm:
+    def __init__(self, argv: list[str], port: int, log_dir: Path, name: str) -> None:
+        self.log_dir = log_dir
+        self.qemu_log = (log_dir / f"{name}.qemu.log").open("wb")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.qemu_log,
+                                     stderr=subprocess.STDOUT)
+        self.console = SerialConsole(f"socket://127.0.0.1:{port}", connect_timeout=30)
+        self.shell = Shell(self.console, log=log_dir / f"{name}.console.log")
+        self.started = time.monotonic()
+
+    def wait_exit(self, timeout: float = 120) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.console.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.qemu_log.close()
+
+
+@contextlib.contextmanager
+def running(argv: list[str], port: int, log_dir: Path, name: str) -> Iterator[Vm]:
+    vm = Vm(argv, port, log_dir, name)
+    try:
+        yield vm
+    finally:
+        vm.close()
+
+
+def ovmf_vars(directory: Path) -> Path:
+    target = directory / "OVMF_VARS.fd"
+    if not target.exists():
+        shutil.copyfile("/usr/share/OVMF/OVMF_VARS_4M.fd", target)
+    return target
