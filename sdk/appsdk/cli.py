@@ -4,6 +4,7 @@ Every command is a call into the library."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -49,7 +50,37 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", dest="app_version", metavar="V",
                    help="override the version in appliance.yaml")
     p.add_argument("--output", "-o", type=Path, help="output directory (default: DIR/build/BOARD)")
+    p.add_argument("--keys", type=Path, metavar="DIR",
+                   help="update-signing key directory (default: update.key in appliance.yaml, "
+                   "else ~/.config/appsdk/keys/ID)")
+    p.add_argument("--update-url", metavar="URL", help="override update.url of appliance.yaml")
     p.add_argument("--json", action="store_true", help="progress and result as JSON lines")
+
+    p = sub.add_parser("keys", help="manage the update-signing key")
+    keys_sub = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    k = keys_sub.add_parser("generate", help="create the project's update-signing key",
+                            description="Create an OpenPGP signing key (ed25519) in its own "
+                            "GnuPG home. Keep that directory out of the image and out of git; "
+                            "devices only get the public key.")
+    k.add_argument("directory", type=Path, nargs="?", default=Path("."),
+                   help="appliance directory (for its id and update.key)")
+    k.add_argument("--keys", type=Path, metavar="DIR", help="where to create the key")
+    k.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("release", help="assemble a signed update directory from builds",
+                       description="Copy the update artifacts of one or more builds into OUT "
+                       "(several versions side by side) and sign one SHA256SUMS over all.")
+    p.add_argument("out", type=Path)
+    p.add_argument("builds", type=Path, nargs="+", metavar="BUILD_DIR")
+    p.add_argument("--keys", type=Path, metavar="DIR", help="signing key directory")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("serve", help="serve an update directory over HTTP (labs, tests)",
+                       description="A plain HTTP server for labs and tests. In production, "
+                       "publish the directory on any static web server or CDN.")
+    p.add_argument("directory", type=Path)
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1")
 
     p = sub.add_parser("run", help="boot an image in QEMU",
                        description="Boot a built image in QEMU (KVM if it works, else TCG). "
@@ -130,7 +161,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     reporter: Reporter = JsonReporter() if args.json else TextReporter()
     result = build(args.directory, board=args.board, version=args.app_version,
-                   output=args.output, reporter=reporter)
+                   output=args.output, reporter=reporter, key_dir=args.keys,
+                   update_url=args.update_url)
     if args.json:
         _print_json({"output": result.output, "id": result.app_id, "version": result.version,
                      "board": result.board, "seconds": round(result.seconds, 1),
@@ -140,6 +172,65 @@ def cmd_build(args: argparse.Namespace) -> int:
               f"in {result.seconds:.0f}s:")
         for artifact in result.artifacts.values():
             print(f"  {artifact.path}  {artifact.size / 1e6:.1f} MB")
+    return 0
+
+
+def _key_dir(args: argparse.Namespace, appliance: Path) -> Path:
+    from .config import load_appliance
+    from .keys import default_dir
+
+    if args.keys:
+        return Path(args.keys)
+    app = load_appliance(appliance)
+    return app.update.key or default_dir(app.id)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from . import keys
+    from .config import load_appliance
+    from .runner import Runner
+
+    app = load_appliance(args.directory)
+    home = _key_dir(args, args.directory)
+    key = keys.generate(home, f"{app.name} update signing ({app.id})", Runner())
+    if args.json:
+        _print_json({"directory": key.home, "fingerprint": key.fingerprint,
+                     "public_keyring": key.public_keyring})
+    else:
+        print(f"created update-signing key {key.fingerprint}\n  in {key.home} "
+              "(keep it secret and backed up; never commit it)\n"
+              f"  public key: {key.public_keyring}")
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from . import keys
+    from .keys import default_dir
+    from .pipeline import load_build
+    from .release import release
+    from .runner import Runner
+
+    runner = Runner()
+    home = args.keys or default_dir(load_build(args.builds[0])["id"])
+    result = release(args.out, list(args.builds), keys.load(home, runner), runner)
+    if args.json:
+        _print_json({"directory": result.directory, "versions": list(result.versions),
+                     "files": list(result.files)})
+    else:
+        print(f"release in {result.directory}: versions {', '.join(result.versions)}")
+        for name in result.files:
+            print(f"  {name}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import make_server
+
+    server = make_server(args.directory, args.port, args.host, verbose=True)
+    print(f"serving {args.directory} on http://{args.host}:{args.port}/ (Ctrl-C stops)",
+          file=sys.stderr)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
     return 0
 
 
@@ -182,6 +273,9 @@ COMMANDS = {
     "doctor": cmd_doctor,
     "build": cmd_build,
     "run": cmd_run,
+    "keys": cmd_keys,
+    "release": cmd_release,
+    "serve": cmd_serve,
 }
 
 

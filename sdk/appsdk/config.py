@@ -59,7 +59,8 @@ class HealthCheck:
 @dataclass(frozen=True)
 class Update:
     url: str | None = None
-    automatic: bool = False
+    automatic: bool = False  # run systemd-sysupdate.timer on the device
+    key: Path | None = None  # GnuPG home of the signing key (default: per-user config dir)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class Appliance:
     base: BaseOS
     overlay: Path | None
     cmdline: tuple[str, ...]
+    modules_exclude: tuple[str, ...]
     partitions: Partitions
     console: Console
     services: tuple[str, ...] = ()
@@ -119,7 +121,7 @@ def load_appliance(path: Path) -> Appliance:
             raise src.error(("overlay",), f"directory {overlay} does not exist")
         _check_overlay(src.error, overlay)
 
-    kernel = top.sub("kernel", {"cmdline"})
+    kernel = top.sub("kernel", {"cmdline", "modules_exclude"})
     parts = top.sub("partitions", {"esp", "usr", "var_min"})
     partitions = Partitions(
         esp=parts.size("esp", Partitions.esp),
@@ -152,6 +154,8 @@ def load_appliance(path: Path) -> Appliance:
         ),
         overlay=overlay,
         cmdline=tuple(kernel.text("cmdline", "").split()),
+        modules_exclude=kernel.texts("modules_exclude", pattern=r"[a-z0-9_-]+(/[a-z0-9_-]+)*",
+                                     what="a path below the kernel's module tree"),
         partitions=partitions,
         console=Console(autologin=console.flag("autologin", False)),
         services=top.texts("services", pattern=r"[A-Za-z0-9@_.:-]+\.(service|socket|timer|path)",
@@ -200,9 +204,13 @@ def _health(top: Reader) -> tuple[HealthCheck, ...]:
 
 
 def _update(top: Reader) -> Update:
-    update = top.sub("update", {"url", "automatic"})
+    update = top.sub("update", {"url", "automatic", "key"})
+    key = None
+    if update.has("key"):
+        key = (top.src.path.parent / Path(update.text("key")).expanduser()).resolve()
     return Update(
         url=update.text("url", pattern=r"https?://\S+", what="an http(s) URL")
         if update.has("url") else None,
         automatic=update.flag("automatic", False),
+        key=key,
     )

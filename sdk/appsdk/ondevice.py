@@ -72,11 +72,60 @@ WantedBy=sysinit.target
 
 def fstab() -> str:
     # /var is created by systemd-repart on first boot, so its mount waits for repart.
+    # The ESP is mounted at /efi for systemd-sysupdate (PathRelativeTo=boot) and bless-boot.
     return (
         "# appsdk: / is a tmpfs, /usr comes from the kernel command line, /var persists.\n"
         f"PARTLABEL={VAR_LABEL} /var ext4 "
         "defaults,x-systemd.after=systemd-repart.service,x-systemd.device-timeout=60s 0 2\n"
+        "PARTLABEL=esp /efi vfat umask=0077,nofail,x-systemd.device-timeout=30s 0 0\n"
     )
+
+
+def transfer(sections: dict[str, dict[str, str | int]]) -> str:
+    out = []
+    for section, keys in sections.items():
+        out.append(f"[{section}]")
+        out += [f"{key}={value}" for key, value in keys.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+def sysupdate_transfers(app: Appliance, layout: Layout, url: str) -> dict[str, str]:
+    """/usr/lib/sysupdate.d: the verity tree and /usr into the free slot first, the UKI last,
+    so a boot entry only appears once everything it needs is in place. Every transfer
+    protects the running version (%A), or vacuuming right after an update could erase it."""
+    from .layout import usr_label, verity_label
+    from .stages.update import update_names
+
+    names = update_names(app.id, "@v")
+    source: dict[str, str | int] = {"Type": "url-file", "Path": url.rstrip("/") + "/"}
+    protect: dict[str, str | int] = {"ProtectVersion": "%A", "Verify": "yes"}
+    return {
+        "40-verity.transfer": transfer({
+            "Transfer": protect,
+            "Source": {**source, "MatchPattern": names["verity"]},
+            "Target": {"Type": "partition", "Path": "auto",
+                       "MatchPattern": verity_label("@v"),
+                       "MatchPartitionType": layout.verity_type, "PartitionFlags": 0,
+                       "InstancesMax": 2},
+        }),
+        "50-usr.transfer": transfer({
+            "Transfer": protect,
+            "Source": {**source, "MatchPattern": names["usr"]},
+            "Target": {"Type": "partition", "Path": "auto", "MatchPattern": usr_label("@v"),
+                       "MatchPartitionType": layout.usr_type, "PartitionFlags": 0,
+                       "InstancesMax": 2},
+        }),
+        "90-uki.transfer": transfer({
+            "Transfer": protect,
+            "Source": {**source, "MatchPattern": names["uki"]},
+            # New UKIs start with 3 tries (+3-0); systemd-bless-boot drops the suffix.
+            "Target": {"Type": "regular-file", "Path": "/EFI/Linux", "PathRelativeTo": "boot",
+                       "MatchPattern": f"{app.id}_@v+@l-@d.efi {app.id}_@v+@l.efi "
+                                       f"{app.id}_@v.efi",
+                       "Mode": "0444", "TriesLeft": 3, "TriesDone": 0, "InstancesMax": 2},
+        }),
+    }
 
 
 def autologin_dropin() -> str:
@@ -92,7 +141,7 @@ def issue(app: Appliance) -> str:
     return f"{app.name} {app.version} (IMAGE_ID={app.id} IMAGE_VERSION={app.version}) \\l\n\n"
 
 
-def usr_files(app: Appliance, layout: Layout) -> dict[str, File]:
+def usr_files(app: Appliance, layout: Layout, update_url: str | None = None) -> dict[str, File]:
     """Files under /usr (part of the verified, read-only image)."""
     files = {
         "lib/appsdk/banner": File(BANNER_SCRIPT, 0o755),
@@ -101,6 +150,9 @@ def usr_files(app: Appliance, layout: Layout) -> dict[str, File]:
     }
     for name, text in device_repart(layout).items():
         files[f"lib/repart.d/{name}"] = File(text)
+    if update_url:
+        for name, text in sysupdate_transfers(app, layout, update_url).items():
+            files[f"lib/sysupdate.d/{name}"] = File(text)
     return files
 
 
@@ -121,6 +173,9 @@ def etc_files(app: Appliance) -> dict[str, File]:
 
 
 ENABLE_UNITS = ("appsdk-banner.service", "appsdk-machine-id.service")
+UPDATE_TIMER = "systemd-sysupdate.timer"
+# Where systemd-pull looks for the keyring that SHA256SUMS.gpg must verify against.
+IMPORT_PUBRING = "lib/systemd/import-pubring.gpg"
 # Package-manager timers have nothing to do on an image-based system.
 DISABLE_UNITS = (
     "apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "e2scrub_all.timer",

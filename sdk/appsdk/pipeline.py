@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, bmap
+from . import __version__, bmap, keys
 from .boards import Board, load_board
 from .config import Appliance, load_appliance
 from .errors import ConfigError
@@ -25,7 +25,8 @@ from .stages.esp import build_esp_tree, uki_name
 from .stages.initrd import build_initrd
 from .stages.rootfs import build_rootfs, recipe_for
 from .stages.uki import build_uki
-from .stages.usrimage import build_usr_image
+from .stages.update import SUMS, build_update_files, update_names
+from .stages.usrimage import build_usr_image, build_verity
 from .tools import ensure_tools
 
 BUILD_JSON = "build.json"
@@ -69,7 +70,12 @@ def build(
     output: Path | None = None,
     reporter: Reporter | None = None,
     runner: Runner | None = None,
+    key_dir: Path | None = None,
+    update_url: str | None = None,
 ) -> BuildResult:
+    """Build an appliance. `key_dir` is the update-signing key's GnuPG home (default:
+    appliance.yaml update.key, else the per-user key directory); `update_url` overrides
+    appliance.yaml update.url (e.g. a lab server)."""
     reporter = reporter or NullReporter()
     runner = runner or Runner()
     started = time.monotonic()
@@ -91,6 +97,11 @@ def build(
     staging.mkdir(parents=True)
     layout = layout_for(app, brd)
     base = f"{app.id}_{app.version}"
+    url = update_url or app.update.url
+    key_home = key_dir or app.update.key or keys.default_dir(app.id)
+    # A device that updates must carry the public key; so a build with an update URL
+    # without the key is an error. Without a URL, sign if a key happens to exist.
+    signing = keys.load(key_home, runner) if url or key_home.is_dir() else None
 
     with stage(reporter, "tools", "build tools tree") as r:
         tools = ensure_tools(runner, reporter)
@@ -99,7 +110,8 @@ def build(
         rootfs = build_rootfs(recipe_for(app, brd), runner, reporter)
         r["message"] = f"({'cached' if rootfs.cached else 'built'}, kernel {rootfs.kernel_version})"
     with stage(reporter, "customize", "overlay, identity, on-device units") as r:
-        custom = customize(app, layout, rootfs, work, runner)
+        custom = customize(app, layout, rootfs, work, runner, update_url=url,
+                           pubring=signing.public_keyring if signing else None)
     with stage(reporter, "initrd", "dracut") as r:
         initrd = build_initrd(brd, custom, rootfs.key, runner, reporter)
         r["message"] = "(cached)" if initrd.cached else ""
@@ -110,8 +122,10 @@ def build(
             raise ConfigError(
                 f"/usr image is {usr.size} bytes, larger than the slot ({layout.usr_size})",
                 file=str(app.source), field="partitions.usr", hint="raise partitions.usr")
-        r["message"] = f"({usr.size / 1e6:.1f} MB)"
-    cmdline = kernel_cmdline(app, brd)
+        verity = build_verity(usr.path, staging / f"{base}.verity", f"{app.id}:{app.version}",
+                              tools, runner)
+        r["message"] = f"({usr.size / 1e6:.1f} MB, verity {verity.size / 1e6:.1f} MB)"
+    cmdline = kernel_cmdline(app, brd, verity.roothash)
     with stage(reporter, "uki", "ukify") as r:
         uki = build_uki(brd, custom.tree, custom.kernel, custom.kernel_version, initrd.path,
                         cmdline, staging / uki_name(app.id, app.version), tools, runner)
@@ -120,19 +134,28 @@ def build(
         esp = build_esp_tree(brd, custom.tree, uki.path, app.id, app.version,
                              work / "esp", epoch)
     with stage(reporter, "disk", "GPT image by systemd-repart") as r:
-        disk = build_disk(layout, esp.root, usr.path, staging / f"{base}.img",
+        disk = build_disk(layout, esp.root, usr.path, verity.path, staging / f"{base}.img",
                           disk_seed(app.id, app.version), work, tools, runner)
         r["message"] = f"({disk.size / 1e6:.0f} MB)"
     with stage(reporter, "bmap", "block map") as r:
         block_map = bmap.create(disk.path)
         bmap.write(block_map, staging / f"{base}.img.bmap")
         r["message"] = f"({block_map.mapped_bytes / 1e6:.0f} MB mapped)"
+    with stage(reporter, "update", "xz artifacts, SHA256SUMS" + (", signature" if signing
+                                                                 else " (unsigned)")) as r:
+        update = build_update_files({"uki": uki.path, "usr": usr.path, "verity": verity.path},
+                                    app.id, app.version, staging, signing, tools, runner)
+        r["message"] = f"({sum(f.stat().st_size for f in update.files) / 1e6:.1f} MB)"
 
     # Publish: move every artifact into place, then build.json last (it marks completion).
     (output / BUILD_JSON).unlink(missing_ok=True)
     artifacts: dict[str, Artifact] = {}
     names = {"image": f"{base}.img", "bmap": f"{base}.img.bmap",
-             "uki": uki_name(app.id, app.version), "usr": f"{base}.usr"}
+             "uki": uki_name(app.id, app.version), "usr": f"{base}.usr",
+             "verity": f"{base}.verity", "sums": SUMS,
+             **{f"update-{k}": v for k, v in update_names(app.id, app.version).items()}}
+    if update.signature:
+        names["signature"] = update.signature.name
     for kind, name in names.items():
         final = output / name
         os.replace(staging / name, final)
@@ -142,6 +165,9 @@ def build(
                          seconds=time.monotonic() - started)
     record = build_record(result, brd, app, rootfs.kernel_version, esp.files, disk.partitions,
                           block_map, tools_versions(runner, tools))
+    record["verity"] = {"roothash": verity.roothash}
+    record["update"] = {"url": url, "signed_by": signing.fingerprint if signing else None,
+                        "automatic": app.update.automatic}
     (output / BUILD_JSON).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     return result
@@ -169,6 +195,7 @@ def build_record(result: BuildResult, board: Board, app: Appliance, kernel_versi
         "partitions": [asdict(p) for p in partitions],
         "bmap": {"mapped_bytes": block_map.mapped_bytes, "image_size": block_map.image_size},
         "partition_sizes": {"esp": app.partitions.esp, "usr": app.partitions.usr,
+                            "verity": layout_for(app, board).verity_size,
                             "var_min": app.partitions.var_min},
         "tools": tools,
         "seconds": round(result.seconds, 1),

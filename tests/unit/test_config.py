@@ -21,7 +21,7 @@ def test_example_hello_loads() -> None:
     assert (app.id, app.version, app.board) == ("hello", "1.0", "x86-uefi")
     assert app.partitions.esp == 256 * MiB
     assert app.partitions.usr == 1024 * MiB
-    assert app.services == ("hello.service",)
+    assert app.services == ("hello.service", "systemd-networkd.service")
     assert app.overlay == (REPO / "examples/hello/overlay").resolve()
     assert app.health[0].url == "http://127.0.0.1:8080/health"
 

@@ -25,7 +25,12 @@ def parse(text: str) -> dict[str, str]:
 def test_device_repart_pins_slot_sizes_and_grows_var() -> None:
     app, board = hello()
     files = {name: parse(text) for name, text in device_repart(layout_for(app, board)).items()}
-    assert list(files) == ["10-esp.conf", "20-usr-a.conf", "21-usr-b.conf", "50-var.conf"]
+    assert list(files) == ["10-esp.conf", "20-usr-a.conf", "21-usr-b.conf", "30-verity-a.conf",
+                           "31-verity-b.conf", "50-var.conf"]
+    for name in ("30-verity-a.conf", "31-verity-b.conf"):
+        assert files[name]["Type"] == "usr-x86-64-verity"
+        assert files[name]["SizeMinBytes"] == files[name]["SizeMaxBytes"] == str(16 * 1024**2)
+    assert files["31-verity-b.conf"]["Label"] == "_empty"
     gib = str(1024**3)
     for name in ("20-usr-a.conf", "21-usr-b.conf"):
         assert files[name]["Type"] == "usr-x86-64"
@@ -39,21 +44,25 @@ def test_device_repart_pins_slot_sizes_and_grows_var() -> None:
 
 def test_image_repart_holds_esp_and_slot_a_only() -> None:
     app, board = hello()
-    files = image_repart(layout_for(app, board), "/w/esp", "/w/hello.usr")
+    files = image_repart(layout_for(app, board), "/w/esp", "/w/hello.usr", "/w/hello.verity")
     assert parse(files["10-esp.conf"]) == {
         "Type": "esp", "Format": "vfat", "CopyFiles": "/w/esp:/",
         "SizeMinBytes": str(256 * 1024**2), "SizeMaxBytes": str(256 * 1024**2)}
     usr = parse(files["20-usr-a.conf"])
     assert usr["Label"] == "usr_1.0" and usr["CopyBlocks"] == "/w/hello.usr"
-    assert len(files) == 2
+    verity = parse(files["30-verity-a.conf"])
+    assert verity["Label"] == "verity_1.0" and verity["Type"] == "usr-x86-64-verity"
+    assert len(files) == 3
 
 
 def test_kernel_cmdline() -> None:
     app, board = hello()
-    assert kernel_cmdline(app, board) == (
-        "root=tmpfs", "rootflags=mode=0755", "mount.usr=PARTLABEL=usr_1.0",
-        "mount.usrfstype=erofs", "mount.usrflags=ro", "console=ttyS0,115200",
-        "systemd.firstboot=off")
+    assert kernel_cmdline(app, board, "ab" * 32) == (
+        "root=tmpfs", "rootflags=mode=0755", f"usrhash={'ab' * 32}",
+        "systemd.verity_usr_data=/dev/disk/by-partlabel/usr_1.0",
+        "systemd.verity_usr_hash=/dev/disk/by-partlabel/verity_1.0",
+        "mount.usr=/dev/mapper/usr", "mount.usrfstype=erofs", "mount.usrflags=ro",
+        "console=ttyS0,115200", "systemd.firstboot=off")
 
 
 def test_os_release_carries_image_identity() -> None:

@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 
 import appsdk
+from appsdk import keys
 from appsdk.progress import TextReporter
+from appsdk.runner import Runner
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
+from vmlib import free_port  # noqa: E402
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -31,9 +34,36 @@ def vm_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def hello_v1(tmp_path_factory: pytest.TempPathFactory) -> appsdk.BuildResult:
+def root_required() -> None:
     if os.geteuid() != 0:
         pytest.skip("VM tests build images and need root")
-    out = tmp_path_factory.mktemp("hello-x86-v1")
-    return appsdk.build(REPO / "examples/hello", board="x86-uefi", version="1.0", output=out,
-                        reporter=TextReporter(sys.stderr))
+
+
+@pytest.fixture(scope="session")
+def signing_key(tmp_path_factory: pytest.TempPathFactory) -> keys.SigningKey:
+    return keys.generate(tmp_path_factory.mktemp("keys") / "hello", "hello test key", Runner())
+
+
+@pytest.fixture(scope="session")
+def update_port() -> int:
+    """The release server's port; baked into the images' update URL (QEMU's host is
+    10.0.2.2 as seen from the guest, and forwards to the host's 127.0.0.1)."""
+    return free_port()
+
+
+def build_hello(version: str, out: Path, key: keys.SigningKey, port: int) -> appsdk.BuildResult:
+    return appsdk.build(REPO / "examples/hello", board="x86-uefi", version=version, output=out,
+                        reporter=TextReporter(sys.stderr), key_dir=key.home,
+                        update_url=f"http://10.0.2.2:{port}/")
+
+
+@pytest.fixture(scope="session")
+def hello_v1(root_required: None, tmp_path_factory: pytest.TempPathFactory,
+             signing_key: keys.SigningKey, update_port: int) -> appsdk.BuildResult:
+    return build_hello("1.0", tmp_path_factory.mktemp("hello-x86-v1"), signing_key, update_port)
+
+
+@pytest.fixture(scope="session")
+def hello_v2(root_required: None, tmp_path_factory: pytest.TempPathFactory,
+             signing_key: keys.SigningKey, update_port: int) -> appsdk.BuildResult:
+    return build_hello("2.0", tmp_path_factory.mktemp("hello-x86-v2"), signing_key, update_port)

@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import build_hello
 
 import appsdk
-from appsdk import bmap
+from appsdk import bmap, keys
 from appsdk.pe import read_text, sections
 from appsdk.progress import RecordingReporter
 
@@ -41,7 +42,8 @@ def test_uki_sections(hello_v1: appsdk.BuildResult) -> None:
     names = set(sections(uki))
     assert {".linux", ".initrd", ".cmdline", ".osrel", ".uname"} <= names
     assert read_text(uki, ".cmdline") == hello_v1.cmdline
-    assert "mount.usr=PARTLABEL=usr_1.0" in hello_v1.cmdline
+    roothash = appsdk.load_build(hello_v1.output)["verity"]["roothash"]
+    assert f"usrhash={roothash}" in hello_v1.cmdline
     osrel = read_text(uki, ".osrel")
     assert "IMAGE_ID=hello\n" in osrel and "IMAGE_VERSION=1.0\n" in osrel
     assert read_text(uki, ".uname") == appsdk.load_build(hello_v1.output)["kernel"]
@@ -53,10 +55,12 @@ def test_sfdisk_reads_the_gpt(hello_v1: appsdk.BuildResult) -> None:
     table = json.loads(out)["partitiontable"]
     assert table["label"] == "gpt" and table["sectorsize"] == 512
     parts = table["partitions"]
-    assert [p["name"] for p in parts] == ["esp", "usr_1.0"]
+    assert [p["name"] for p in parts] == ["esp", "usr_1.0", "verity_1.0"]
     assert parts[0]["type"] == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
     assert parts[1]["type"] == "8484680C-9521-48C6-9C11-B0720656F69E"  # usr x86-64
+    assert parts[2]["type"] == "77FF5F63-E7B6-4633-ACF4-1565B864C0E6"  # usr x86-64 verity
     assert parts[1]["size"] * 512 == 1024**3
+    assert parts[2]["size"] * 512 == 16 * 1024**2
 
 
 def test_bmaptool_copies_with_our_bmap(hello_v1: appsdk.BuildResult, tmp_path: Path) -> None:
@@ -71,10 +75,10 @@ def test_bmaptool_copies_with_our_bmap(hello_v1: appsdk.BuildResult, tmp_path: P
 
 
 def test_same_inputs_same_bytes_and_overlay_change_reuses_cache(
-        hello_v1: appsdk.BuildResult, tmp_path: Path) -> None:
-    again = appsdk.build(REPO / "examples/hello", board="x86-uefi", version="1.0",
-                         output=tmp_path / "again")
-    for kind in ("image", "uki", "usr", "bmap"):
+        hello_v1: appsdk.BuildResult, tmp_path: Path, signing_key: keys.SigningKey,
+        update_port: int) -> None:
+    again = build_hello("1.0", tmp_path / "again", signing_key, update_port)
+    for kind in ("image", "uki", "usr", "verity", "bmap", "update-usr", "update-uki", "sums"):
         assert again.artifacts[kind].sha256 == hello_v1.artifacts[kind].sha256, kind
 
     app = tmp_path / "hello-changed"
@@ -82,7 +86,8 @@ def test_same_inputs_same_bytes_and_overlay_change_reuses_cache(
     (app / "overlay/usr/lib/hello/extra.txt").write_text("changed overlay\n")
     events = RecordingReporter()
     changed = appsdk.build(app, board="x86-uefi", version="1.0", output=tmp_path / "changed",
-                           reporter=events)
+                           reporter=events, key_dir=signing_key.home,
+                           update_url=f"http://10.0.2.2:{update_port}/")
     done = {e.stage: e.message for e in events.events if e.kind == "stage-done"}
     print(done, file=sys.stderr)
     assert done["rootfs"].startswith("(cached")

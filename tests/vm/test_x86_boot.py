@@ -31,18 +31,18 @@ def plain_qemu(image: Path, vars_fd: Path, port: int) -> list[str]:
     ]
 
 
-def partitions(shell) -> dict[str, dict[str, int]]:  # type: ignore[no-untyped-def]
-    """{label: {start, size}} in 512-byte sectors, as the guest kernel sees the disk."""
+def partitions(shell) -> list[tuple[str, int, int]]:  # type: ignore[no-untyped-def]
+    """[(label, start, size)] in 512-byte sectors, in disk order, as the guest sees them."""
     out = shell.output(
         # Labels from udev (blkid reads the GPT); the kernel's PARTNAME is missing for
         # partitions that repart added at runtime.
         "for p in /sys/class/block/vda/vda*; do "
         "echo \"$(lsblk -dno PARTLABEL /dev/${p##*/}) $(cat $p/start) $(cat $p/size)\"; done")
-    table = {}
+    table = []
     for line in out.splitlines():
         label, start, size = line.split()
-        table[label] = {"start": int(start), "size": int(size)}
-    return table
+        table.append((label, int(start), int(size)))
+    return sorted(table, key=lambda row: row[1])
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,11 @@ def booted_twice(hello_v1: appsdk.BuildResult, tmp_path_factory: pytest.TempPath
         sh.login()
         facts["root_fstype"] = sh.output("findmnt -no FSTYPE /")
         facts["usr_mount"] = sh.output("findmnt -no SOURCE,FSTYPE,OPTIONS /usr")
-        facts["usr_label"] = sh.output("lsblk -no PARTLABEL $(findmnt -no SOURCE /usr)")
+        # /usr is the dm-verity device "usr" on top of the usr_1.0 partition.
+        facts["usr_dm"] = sh.output(
+            "d=$(basename $(readlink -f $(findmnt -no SOURCE /usr))); "
+            "cat /sys/block/$d/dm/name /sys/block/$d/dm/uuid; "
+            "for s in /sys/block/$d/slaves/*; do lsblk -dno PARTLABEL /dev/${s##*/}; done")
         facts["usr_write"] = sh.run("touch /usr/lib/should-fail")[0]
         facts["disk_sectors"] = int(sh.output("cat /sys/class/block/vda/size"))
         facts["partitions"] = partitions(sh)
@@ -101,26 +105,33 @@ def test_banner_shows_id_and_version(booted_twice: dict[str, object]) -> None:
 
 def test_root_is_tmpfs_and_usr_is_readonly_slot_a(booted_twice: dict[str, object]) -> None:
     assert booted_twice["root_fstype"] == "tmpfs"
-    _source, fstype, options = str(booted_twice["usr_mount"]).split()
-    assert fstype == "erofs"
+    source, fstype, options = str(booted_twice["usr_mount"]).split()
+    assert source == "/dev/mapper/usr" and fstype == "erofs"
     assert re.match(r"ro(,|$)", options)
-    assert booted_twice["usr_label"] == "usr_1.0"
+    name, uuid, *slaves = str(booted_twice["usr_dm"]).split()
+    assert name == "usr" and uuid.startswith("CRYPT-VERITY-")
+    assert sorted(slaves) == ["usr_1.0", "verity_1.0"]
     assert booted_twice["usr_write"] != 0
 
 
 def test_first_boot_made_empty_b_slot_and_var_to_end_of_disk(
         booted_twice: dict[str, object]) -> None:
     parts = booted_twice["partitions"]
-    assert isinstance(parts, dict)
-    assert set(parts) == {"esp", "usr_1.0", "_empty", "var"}, parts
-    assert parts["_empty"]["size"] == parts["usr_1.0"]["size"] == GiB // SECTOR
-    var_end = parts["var"]["start"] + parts["var"]["size"]
+    assert isinstance(parts, list)
+    labels = [label for label, _, _ in parts]
+    assert labels == ["esp", "usr_1.0", "verity_1.0", "_empty", "_empty", "var"], parts
+    sizes = [size for _, _, size in parts]
+    # Slot B matches slot A: data and verity partitions of the same pinned sizes.
+    assert sizes[1] == sizes[3] == GiB // SECTOR
+    assert sizes[2] == sizes[4] == 16 * 1024**2 // SECTOR
+    _, var_start, var_size = parts[5]
+    var_end = var_start + var_size
     disk = booted_twice["disk_sectors"]
     assert isinstance(disk, int)
     # GPT keeps 33 sectors for its backup at the end; repart aligns to 4 KiB.
     assert disk - var_end <= 34 + 8, (disk, var_end)
-    # 6 GiB disk - 256 MiB ESP - 2 x 1 GiB slots: /var got the remaining ~3.75 GiB.
-    assert parts["var"]["size"] * SECTOR > 3.7 * GiB
+    # 6 GiB disk - 256 MiB ESP - 2 x (1 GiB + 16 MiB) slots: /var got the remaining ~3.7 GiB.
+    assert var_size * SECTOR > 3.6 * GiB
     assert booted_twice["var_fstype"] == "ext4"
     # The layout is stable: the second boot changed nothing.
     assert booted_twice["partitions2"] == parts

@@ -11,7 +11,16 @@ from pathlib import Path
 from ..config import Appliance
 from ..errors import BuildError
 from ..layout import Layout
-from ..ondevice import DISABLE_UNITS, ENABLE_UNITS, File, etc_files, os_release, usr_files
+from ..ondevice import (
+    DISABLE_UNITS,
+    ENABLE_UNITS,
+    IMPORT_PUBRING,
+    UPDATE_TIMER,
+    File,
+    etc_files,
+    os_release,
+    usr_files,
+)
 from ..runner import Runner
 from ..sandbox import Sandbox
 from .rootfs import Rootfs, copy_tree
@@ -24,8 +33,8 @@ class Customized:
     kernel_version: str
 
 
-def customize(app: Appliance, layout: Layout, rootfs: Rootfs, work: Path,
-              runner: Runner) -> Customized:
+def customize(app: Appliance, layout: Layout, rootfs: Rootfs, work: Path, runner: Runner,
+              update_url: str | None = None, pubring: Path | None = None) -> Customized:
     tree = work / "tree"
     copy_tree(runner, rootfs.tree, tree)
     kernel = work / "vmlinuz"
@@ -37,9 +46,14 @@ def customize(app: Appliance, layout: Layout, rootfs: Rootfs, work: Path,
                 runner.run(["cp", "-a", "--no-preserve=ownership",
                             f"{app.overlay / top}/.", str(tree / top)])
 
+    if app.modules_exclude:
+        prune_modules(tree, rootfs.kernel_version, app.modules_exclude, runner)
+
     base_release = (tree / "usr/lib/os-release").read_text()
     write_files(tree / "usr", {"lib/os-release": File(os_release(base_release, app))})
-    write_files(tree / "usr", usr_files(app, layout))
+    write_files(tree / "usr", usr_files(app, layout, update_url))
+    if pubring:
+        shutil.copyfile(pubring, tree / "usr" / IMPORT_PUBRING)
     write_files(tree / "etc", etc_files(app))
     install_dracut_module(tree)
 
@@ -51,7 +65,9 @@ def customize(app: Appliance, layout: Layout, rootfs: Rootfs, work: Path,
             f"{', '.join(missing)}",
             hint="add the unit under overlay/usr/lib/systemd/system/ or install its package",
         )
-    systemctl.run(runner, ["systemctl", f"--root={tree}", "enable", *ENABLE_UNITS, *app.services])
+    timer = (UPDATE_TIMER,) if update_url and app.update.automatic else ()
+    systemctl.run(runner, ["systemctl", f"--root={tree}", "enable", *ENABLE_UNITS,
+                           *app.services, *timer])
     present = [u for u in DISABLE_UNITS if unit_exists(tree, u)]
     if present:
         systemctl.run(runner, ["systemctl", f"--root={tree}", "disable", *present])
@@ -60,6 +76,19 @@ def customize(app: Appliance, layout: Layout, rootfs: Rootfs, work: Path,
     factory.mkdir(parents=True, exist_ok=True)
     runner.run(["cp", "-a", f"{tree / 'etc'}/.", str(factory)])
     return Customized(tree=tree, kernel=kernel, kernel_version=rootfs.kernel_version)
+
+
+def prune_modules(tree: Path, kernel_version: str, excluded: tuple[str, ...],
+                  runner: Runner) -> None:
+    """Drop module trees the appliance never loads (sound, GPU, ...), then re-run depmod."""
+    base = tree / "usr/lib/modules" / kernel_version / "kernel"
+    for rel in excluded:
+        target = base / rel
+        if not target.exists():
+            raise BuildError(f"kernel.modules_exclude: {rel} is not in the kernel's module tree",
+                             hint=f"paths are relative to {base.relative_to(tree)}")
+        shutil.rmtree(target)
+    Sandbox(tree, binds=(tree,)).run(runner, ["depmod", "-b", str(tree), kernel_version])
 
 
 def unit_exists(tree: Path, unit: str) -> bool:

@@ -34,17 +34,20 @@ def disk_seed(app_id: str, version: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"appsdk:disk:{app_id}:{version}"))
 
 
-def build_disk(layout: Layout, esp_root: Path, usr_image: Path, output: Path, seed: str,
-               work: Path, tools: ToolsTree, runner: Runner) -> DiskImage:
+def build_disk(layout: Layout, esp_root: Path, usr_image: Path, verity_image: Path,
+               output: Path, seed: str, work: Path, tools: ToolsTree,
+               runner: Runner) -> DiskImage:
     definitions = work / "repart.d"
     if definitions.exists():
         shutil.rmtree(definitions)
     definitions.mkdir(parents=True)
-    for name, text in image_repart(layout, str(esp_root), str(usr_image)).items():
+    for name, text in image_repart(layout, str(esp_root), str(usr_image),
+                                   str(verity_image)).items():
         (definitions / name).write_text(text)
     output.unlink(missing_ok=True)
     result = tools.sandbox(binds=(output.parent,),
-                           ro_binds=(definitions, esp_root, usr_image.parent)).run(runner, [
+                           ro_binds=(definitions, esp_root, usr_image.parent,
+                                     verity_image.parent)).run(runner, [
         "systemd-repart", "--empty=create", "--size=auto", "--offline=yes", "--dry-run=no",
         # repart picks 4096-byte sectors for image files; firmware and mtools expect 512.
         "--sector-size=512", f"--seed={seed}", f"--definitions={definitions}",

@@ -15,7 +15,9 @@ from ..sandbox import Sandbox
 from .customize import Customized
 
 DRACUT_MODULES = ("systemd", "systemd-initrd", "systemd-veritysetup", "appsdk-etc")
-DRACUT_OMIT = ("plymouth", "rescue", "resume", "i18n", "btrfs", "lvm", "mdraid", "multipath")
+# hwdb alone is 13 MB; the initrd only needs to find and mount /usr.
+DRACUT_OMIT = ("plymouth", "rescue", "resume", "i18n", "btrfs", "lvm", "mdraid", "multipath",
+               "hwdb", "nvdimm", "fips")
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,9 @@ def dracut_argv(board: Board, kernel_version: str, output: Path) -> list[str]:
         "--kver", kernel_version,
         "--add", " ".join(DRACUT_MODULES),
         "--omit", " ".join(DRACUT_OMIT),
-        "--add-drivers", " ".join(board.initrd_modules),
+        # --drivers is exclusive: only the board's list (and dependencies), instead of
+        # dracut's generic "every storage, HID, USB and filesystem driver" set.
+        "--drivers", " ".join(board.initrd_modules),
         "--compress", "zstd",
         str(output),
     ]

@@ -20,6 +20,9 @@ BASE_PACKAGES = (
     "systemd", "systemd-sysv", "udev", "systemd-boot", "systemd-boot-efi",
     "systemd-container", "systemd-repart", "systemd-cryptsetup", "dracut", "e2fsprogs",
     "login", "passwd", "procps", "kmod", "util-linux",
+    # zstd: dracut silently falls back to gzip without it; gpg: sysupdate verifies
+    # SHA256SUMS.gpg by running gpg.
+    "zstd", "gpg",
 )
 
 

@@ -1,0 +1,119 @@
+"""Update artifacts and the on-device sysupdate configuration, without a VM."""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from appsdk import keys
+from appsdk.boards import load_board
+from appsdk.config import load_appliance
+from appsdk.errors import ConfigError, VerifyFailed
+from appsdk.layout import layout_for
+from appsdk.ondevice import sysupdate_transfers
+from appsdk.runner import Runner
+from appsdk.stages.update import sha256sums, update_names
+
+REPO = Path(__file__).resolve().parents[2]
+needs_gpg = pytest.mark.skipif(shutil.which("gpg") is None, reason="gpg not installed")
+
+
+def transfers() -> dict[str, configparser.ConfigParser]:
+    app = load_appliance(REPO / "examples/hello")
+    layout = layout_for(app, load_board("x86-uefi"))
+    out = {}
+    for name, text in sysupdate_transfers(app, layout, "https://updates.example.com/hello").items():
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.optionxform = str  # type: ignore[assignment,method-assign]
+        parser.read_string(text)
+        out[name] = parser
+    return out
+
+
+def test_transfers_order_and_protection() -> None:
+    files = transfers()
+    # Verity and /usr go in before the UKI, so a boot entry never precedes its /usr.
+    assert list(files) == ["40-verity.transfer", "50-usr.transfer", "90-uki.transfer"]
+    for parser in files.values():
+        assert parser["Transfer"]["ProtectVersion"] == "%A"
+        assert parser["Transfer"]["Verify"] == "yes"
+        assert parser["Source"]["Type"] == "url-file"
+        assert parser["Source"]["Path"] == "https://updates.example.com/hello/"
+        assert parser["Target"]["InstancesMax"] == "2"
+
+
+def test_partition_targets() -> None:
+    usr = transfers()["50-usr.transfer"]
+    assert usr["Source"]["MatchPattern"] == "hello_@v.usr.xz"
+    assert dict(usr["Target"]) == {
+        "Type": "partition", "Path": "auto", "MatchPattern": "usr_@v",
+        "MatchPartitionType": "usr-x86-64", "PartitionFlags": "0", "InstancesMax": "2"}
+    verity = transfers()["40-verity.transfer"]
+    assert verity["Target"]["MatchPattern"] == "verity_@v"
+    assert verity["Target"]["MatchPartitionType"] == "usr-x86-64-verity"
+
+
+def test_uki_target_counts_boots() -> None:
+    target = transfers()["90-uki.transfer"]["Target"]
+    assert target["MatchPattern"].split() == ["hello_@v+@l-@d.efi", "hello_@v+@l.efi",
+                                              "hello_@v.efi"]
+    assert (target["TriesLeft"], target["TriesDone"]) == ("3", "0")
+    assert target["PathRelativeTo"] == "boot" and target["Path"] == "/EFI/Linux"
+
+
+def test_update_names_match_source_patterns() -> None:
+    names = update_names("hello", "2.0")
+    assert names == {"uki": "hello_2.0.efi.xz", "usr": "hello_2.0.usr.xz",
+                     "verity": "hello_2.0.verity.xz"}
+
+
+def test_sha256sums_format(tmp_path: Path) -> None:
+    (tmp_path / "b.xz").write_bytes(b"bbb")
+    (tmp_path / "a.xz").write_bytes(b"aaa")
+    text = sha256sums(tmp_path, ["b.xz", "a.xz"])
+    assert text == (f"{hashlib.sha256(b'aaa').hexdigest()}  a.xz\n"
+                    f"{hashlib.sha256(b'bbb').hexdigest()}  b.xz\n")
+
+
+@needs_gpg
+def test_sign_and_verify_with_public_key_only(tmp_path: Path) -> None:
+    runner = Runner()
+    key = keys.generate(tmp_path / "key", "test key", runner)
+    assert keys.load(tmp_path / "key", runner).fingerprint == key.fingerprint
+    sums = tmp_path / "SHA256SUMS"
+    sums.write_text("0" * 64 + "  x.xz\n")
+    signature = keys.sign(key, sums, runner)
+    assert signature.name == "SHA256SUMS.gpg"
+    keys.verify(key.public_keyring, sums, signature, runner)
+    # The real oracle: plain gpg with nothing but the exported public key.
+    home = tmp_path / "verifier"
+    home.mkdir(mode=0o700)
+    subprocess.run(["gpg", "--homedir", str(home), "--batch", "--import",
+                    str(key.public_keyring)], check=True, capture_output=True)
+    subprocess.run(["gpg", "--homedir", str(home), "--batch", "--verify", str(signature),
+                    str(sums)], check=True, capture_output=True)
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
+
+    sums.write_text("1" * 64 + "  x.xz\n")
+    with pytest.raises(VerifyFailed, match="bad signature"):
+        keys.verify(key.public_keyring, sums, signature, runner)
+    other = keys.generate(tmp_path / "other", "other", runner)
+    keys.sign(other, sums, runner)
+    with pytest.raises(VerifyFailed):
+        keys.verify(key.public_keyring, sums, signature, runner)
+
+
+@needs_gpg
+def test_generate_refuses_to_overwrite_and_load_explains(tmp_path: Path) -> None:
+    runner = Runner()
+    keys.generate(tmp_path / "key", "k", runner)
+    with pytest.raises(ConfigError, match="already exists"):
+        keys.generate(tmp_path / "key", "k", runner)
+    with pytest.raises(ConfigError, match="no update-signing key") as info:
+        keys.load(tmp_path / "missing", runner)
+    assert info.value.hint and "appsdk keys generate" in info.value.hint
