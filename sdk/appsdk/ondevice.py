@@ -70,6 +70,13 @@ WantedBy=sysinit.target
 """
 
 
+# On first boot (machine-id "uninitialized") PID 1 applies unit presets, and Debian's preset
+# is "enable *": apt timers and even systemd-sysupdate.timer would switch on. What runs is
+# decided at build time, so nothing more gets enabled on the device (first-boot presets
+# only enable, so the build's own enablement stays).
+PRESET = "# appsdk: unit enablement is decided when the image is built.\ndisable *\n"
+
+
 def fstab() -> str:
     # /var is created by systemd-repart on first boot, so its mount waits for repart.
     # The ESP is mounted at /efi for systemd-sysupdate (PathRelativeTo=boot) and bless-boot.
@@ -147,6 +154,7 @@ def usr_files(app: Appliance, layout: Layout, update_url: str | None = None) -> 
         "lib/appsdk/banner": File(BANNER_SCRIPT, 0o755),
         "lib/systemd/system/appsdk-banner.service": File(BANNER_UNIT),
         "lib/systemd/system/appsdk-machine-id.service": File(MACHINE_ID_UNIT),
+        "lib/systemd/system-preset/00-appsdk.preset": File(PRESET),
     }
     for name, text in device_repart(layout).items():
         files[f"lib/repart.d/{name}"] = File(text)

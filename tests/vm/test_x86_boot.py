@@ -81,6 +81,8 @@ def booted_twice(hello_v1: appsdk.BuildResult, tmp_path_factory: pytest.TempPath
             "print(u.urlopen('http://127.0.0.1:8080/health').read().decode())\" "
             "2>/dev/null && break; sleep 1; done")
         facts["failed_units"] = sh.output("systemctl --failed --no-legend --plain | cat")
+        facts["timers"] = sh.output("systemctl list-units --type=timer --no-legend --plain "
+                                    "| cut -d' ' -f1").split()
         sh.send("sync; systemctl poweroff")
         assert vm.wait_exit(120) == 0
 
@@ -151,3 +153,11 @@ def test_hello_service_answers_health(booted_twice: dict[str, object]) -> None:
 
 def test_no_failed_units(booted_twice: dict[str, object]) -> None:
     assert booted_twice["failed_units"] == ""
+
+
+def test_first_boot_enables_nothing_beyond_the_build(booted_twice: dict[str, object]) -> None:
+    # update.automatic is false for hello: no sysupdate timer; no package-manager timers.
+    timers = booted_twice["timers"]
+    assert isinstance(timers, list)
+    assert "systemd-sysupdate.timer" not in timers, timers
+    assert not [t for t in timers if t.startswith(("apt-", "dpkg-"))], timers
