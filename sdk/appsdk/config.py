@@ -23,7 +23,7 @@ SUITE_PATTERN = r"[a-z][a-z0-9-]*"
 
 TOP_FIELDS = {
     "schema", "id", "name", "version", "board", "base", "overlay", "kernel",
-    "partitions", "console", "services", "health", "update",
+    "partitions", "console", "services", "health", "update", "boot",
 }
 
 
@@ -57,6 +57,12 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class Boot:
+    deadline: int = 300  # s: a trial boot not confirmed by then is reset
+    watchdog: int = 30  # s: systemd's runtime watchdog (capped at the board's maximum); 0: off
+
+
+@dataclass(frozen=True)
 class Update:
     url: str | None = None
     automatic: bool = False  # run systemd-sysupdate.timer on the device
@@ -78,6 +84,7 @@ class Appliance:
     services: tuple[str, ...] = ()
     health: tuple[HealthCheck, ...] = ()
     update: Update = field(default_factory=Update)
+    boot: Boot = field(default_factory=Boot)
     source: Path | None = None
 
     def with_version(self, version: str) -> Appliance:
@@ -162,6 +169,7 @@ def load_appliance(path: Path) -> Appliance:
                               what="a unit name (name.service, .socket, .timer, .path)"),
         health=_health(top),
         update=_update(top),
+        boot=_boot(top),
         source=file.resolve(),
     )
 
@@ -201,6 +209,12 @@ def _health(top: Reader) -> tuple[HealthCheck, ...]:
             timeout=item.integer("timeout", 30, minimum=1),
         ))
     return tuple(checks)
+
+
+def _boot(top: Reader) -> Boot:
+    boot = top.sub("boot", {"deadline", "watchdog"})
+    return Boot(deadline=boot.integer("deadline", Boot.deadline, minimum=30),
+                watchdog=boot.integer("watchdog", Boot.watchdog, minimum=0))
 
 
 def _update(top: Reader) -> Update:

@@ -111,7 +111,7 @@ def build(
         r["message"] = f"({'cached' if rootfs.cached else 'built'}, kernel {rootfs.kernel_version})"
     with stage(reporter, "customize", "overlay, identity, on-device units") as r:
         custom = customize(app, layout, rootfs, work, runner, update_url=url,
-                           pubring=signing.public_keyring if signing else None)
+                           pubring=signing.public_keyring if signing else None, board=brd)
     with stage(reporter, "initrd", "dracut") as r:
         initrd = build_initrd(brd, custom, rootfs.key, runner, reporter)
         r["message"] = "(cached)" if initrd.cached else ""

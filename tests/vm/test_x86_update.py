@@ -153,6 +153,19 @@ def update_run(hello_v1: appsdk.BuildResult, releases: dict[str, Path], server: 
         facts["list_v2"] = sh.output(f"{SYSUPDATE} list 2>&1", timeout=300)
         sh.send("systemctl poweroff")
         vm.wait_exit(120)
+
+    # A blessed v2 stays the default on later boots.
+    port = free_port()
+    spec = VmSpec(board=board, disk=disk, snapshot=False, serial_port=port, accel="tcg",
+                  no_reboot=True, vars_file=vars_fd)
+    with running(qemu_argv(spec), port, vm_logs, "x86-update-v2-again") as vm:
+        sh = vm.shell
+        facts["banner3"] = sh.expect(r"appsdk: IMAGE_ID=(\S+) IMAGE_VERSION=(\S+) booted",
+                                     300).groups()
+        sh.login()
+        facts["status3"] = json.loads(sh.output("appsdk-status --json"))
+        sh.send("systemctl poweroff")
+        vm.wait_exit(120)
     return facts
 
 
@@ -191,6 +204,15 @@ def test_device_runs_v2_after_reboot_with_v1_as_fallback(update_run: dict[str, o
     # Blessed on its first good boot; v1 stays installed as the fallback.
     assert sorted(update_run["esp2"]) == ["hello_1.0.efi", "hello_2.0.efi"]
     assert "1.0" in str(update_run["list_v2"]) and "2.0" in str(update_run["list_v2"])
+
+
+def test_blessed_v2_stays_default(update_run: dict[str, object]) -> None:
+    assert update_run["banner3"] == ("hello", "2.0")
+    status = update_run["status3"]
+    assert isinstance(status, dict)
+    assert status["running"] == "2.0" and status["blessed"] is True
+    assert status["failed"] == [] and status["installed"] == ["1.0", "2.0"]
+    assert status["health"] == {"appsdk-health-hello-http.service": "active"}
 
 
 def erofs_file_offset(usr_image: Path, path: str) -> int:

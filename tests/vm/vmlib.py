@@ -69,3 +69,23 @@ def ovmf_vars(directory: Path) -> Path:
     if not target.exists():
         shutil.copyfile("/usr/share/OVMF/OVMF_VARS_4M.fd", target)
     return target
+
+
+def watch_boot(vm: Vm, up_pattern: str, timeout: float = 600) -> tuple[str, str]:
+    """Follow one boot: which /usr slot its UKI names, and whether it came up (`up_pattern`
+    on the console) or the machine went away (reset, reboot or power-off: QEMU exits with
+    -no-reboot). Returns (version, "up" | "reset")."""
+    import re
+
+    version = vm.shell.expect(r"verity_usr_data=/dev/disk/by-partlabel/usr_(\S+)", 300).group(1)
+    deadline = time.monotonic() + timeout
+    pattern = re.compile(up_pattern)
+    while time.monotonic() < deadline:
+        if vm.proc.poll() is not None:
+            return version, "reset"
+        try:
+            vm.shell.expect(pattern, 2)
+            return version, "up"
+        except Exception:  # CommandTimeout, or the console closing under us
+            time.sleep(0.5)
+    raise AssertionError(f"boot of {version} neither came up nor reset in {timeout}s")

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ..boards import Board
 from ..config import Appliance
+from ..confirm import confirmation_files, confirmation_units
 from ..errors import BuildError
 from ..layout import Layout
 from ..ondevice import (
@@ -34,7 +36,8 @@ class Customized:
 
 
 def customize(app: Appliance, layout: Layout, rootfs: Rootfs, work: Path, runner: Runner,
-              update_url: str | None = None, pubring: Path | None = None) -> Customized:
+              update_url: str | None = None, pubring: Path | None = None,
+              board: Board | None = None) -> Customized:
     tree = work / "tree"
     copy_tree(runner, rootfs.tree, tree)
     kernel = work / "vmlinuz"
@@ -52,6 +55,10 @@ def customize(app: Appliance, layout: Layout, rootfs: Rootfs, work: Path, runner
     base_release = (tree / "usr/lib/os-release").read_text()
     write_files(tree / "usr", {"lib/os-release": File(os_release(base_release, app))})
     write_files(tree / "usr", usr_files(app, layout, update_url))
+    if board is not None:
+        write_files(tree / "usr", confirmation_files(app, board))
+        (tree / "usr/bin/appsdk-status").unlink(missing_ok=True)
+        (tree / "usr/bin/appsdk-status").symlink_to("../lib/appsdk/appsdk-status")
     if pubring:
         shutil.copyfile(pubring, tree / "usr" / IMPORT_PUBRING)
     write_files(tree / "etc", etc_files(app))
@@ -66,8 +73,9 @@ def customize(app: Appliance, layout: Layout, rootfs: Rootfs, work: Path, runner
             hint="add the unit under overlay/usr/lib/systemd/system/ or install its package",
         )
     timer = (UPDATE_TIMER,) if update_url and app.update.automatic else ()
+    confirm = confirmation_units(app) if board is not None else ()
     systemctl.run(runner, ["systemctl", f"--root={tree}", "enable", *ENABLE_UNITS,
-                           *app.services, *timer])
+                           *app.services, *timer, *confirm])
     present = [u for u in DISABLE_UNITS if unit_exists(tree, u)]
     if present:
         systemctl.run(runner, ["systemctl", f"--root={tree}", "disable", *present])

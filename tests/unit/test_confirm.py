@@ -1,0 +1,91 @@
+"""Boot confirmation files, and the on-device health-check script run for real on the host."""
+
+from __future__ import annotations
+
+import http.server
+import subprocess
+import threading
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from appsdk.boards import load_board
+from appsdk.config import HealthCheck, load_appliance
+from appsdk.confirm import (
+    confirmation_files,
+    confirmation_units,
+    health_unit,
+    systemd_quote,
+    watchdog_seconds,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = str(resources.files("appsdk") / "data" / "device" / "appsdk-health-check")
+
+
+def test_health_unit_gates_boot_complete() -> None:
+    unit = health_unit(HealthCheck(name="web", url="http://127.0.0.1:8080/health", timeout=20))
+    assert "Before=boot-complete.target" in unit
+    assert "RequiredBy=boot-complete.target" in unit
+    assert "OnFailure=appsdk-boot-failed.service" in unit
+    assert "TimeoutStartSec=50" in unit
+    assert ('ExecStart=/usr/lib/appsdk/appsdk-health-check url '
+            '"http://127.0.0.1:8080/health" 20') in unit
+
+
+def test_quoting_survives_systemd_specifiers() -> None:
+    assert systemd_quote('test "$HOME" 100%') == '"test \\"$$HOME\\" 100%%"'
+
+
+def test_files_for_hello() -> None:
+    app = load_appliance(REPO / "examples/hello")
+    files = confirmation_files(app, load_board("x86-uefi"))
+    assert "lib/systemd/system/appsdk-health-hello-http.service" in files
+    deadline = files["lib/systemd/system/boot-complete.target.d/appsdk-deadline.conf"].content
+    assert "JobTimeoutSec=300" in deadline and "JobTimeoutAction=reboot-force" in deadline
+    watchdog = files["lib/systemd/system.conf.d/appsdk-watchdog.conf"].content
+    assert "RuntimeWatchdogSec=30s" in watchdog
+    assert files["lib/appsdk/appsdk-status"].mode == 0o755
+    assert confirmation_units(app) == ("appsdk-rollback-check.service",
+                                       "appsdk-health-hello-http.service")
+
+
+def test_watchdog_is_capped_at_the_board_maximum() -> None:
+    app = load_appliance(REPO / "examples/hello")
+    assert watchdog_seconds(app, load_board("x86-uefi")) == 30
+    assert watchdog_seconds(app, load_board("rpi4")) == 15  # bcm2835-wdt: ~16 s hardware max
+
+
+@pytest.fixture()
+def http_port():  # type: ignore[no-untyped-def]
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/health" else 503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def check(*args: str) -> int:
+    return subprocess.run(["bash", SCRIPT, *args], capture_output=True, timeout=30).returncode
+
+
+def test_health_check_script_url(http_port: int) -> None:
+    assert check("url", f"http://127.0.0.1:{http_port}/health", "3") == 0
+    assert check("url", f"http://127.0.0.1:{http_port}/broken", "2") == 1
+
+
+def test_health_check_script_command_and_retry(tmp_path: Path) -> None:
+    assert check("command", "true", "1") == 0
+    assert check("command", "false", "1") == 1
+    flag = tmp_path / "ready"
+    # Passes once the condition becomes true within the timeout.
+    subprocess.Popen(["bash", "-c", f"sleep 1; touch {flag}"])
+    assert check("command", f"test -e {flag}", "10") == 0

@@ -1,0 +1,151 @@
+"""Boot confirmation, proven in QEMU: a v1 device updates to a bad v2 that fails its health
+check, panics (only the hardware watchdog resets it), or never confirms (the boot deadline
+resets it). Each time v2 gets exactly 3 boots, then systemd-boot falls back to v1 by itself,
+and appsdk-status on v1 reports v2 as failed. Each outcome is read off the console."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import REPO
+from vmlib import disk_copy, free_port, ovmf_vars, running, watch_boot
+
+import appsdk
+from appsdk import keys
+from appsdk.boards import load_board
+from appsdk.qemu import VmSpec, qemu_argv
+from appsdk.release import release
+from appsdk.runner import Runner
+from appsdk.serve import serve_in_thread
+
+GiB = 1024**3
+V1_UP = r"appsdk: IMAGE_ID=hello IMAGE_VERSION=1\.0 booted"
+
+PANIC_UNIT = """[Unit]
+Description=test: crash the kernel once the system is up (panic=0: nothing reboots it)
+After=multi-user.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'sleep 5; echo c > /proc/sysrq-trigger'
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def variant(tmp: Path, name: str, edit: Any, files: dict[str, str] | None = None) -> Path:
+    app = tmp / name
+    shutil.copytree(REPO / "examples/hello", app, ignore=shutil.ignore_patterns("build"))
+    config = yaml.safe_load((app / "appliance.yaml").read_text())
+    edit(config)
+    (app / "appliance.yaml").write_text(yaml.safe_dump(config))
+    for rel, text in (files or {}).items():
+        (app / "overlay" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (app / "overlay" / rel).write_text(text)
+    return app
+
+
+def failing_check(c: dict[str, Any]) -> None:
+    c["health"] = [{"name": "always-fails", "command": "false", "timeout": 5}]
+
+
+def panicking(c: dict[str, Any]) -> None:
+    c["kernel"]["cmdline"] = "panic=0"
+    c["services"] = [*c["services"], "test-panic.service"]
+
+
+def never_confirms(c: dict[str, Any]) -> None:
+    c["health"] = [{"name": "hangs", "command": "sleep 100000", "timeout": 3000}]
+    c["boot"] = {"deadline": 120}
+
+
+SCENARIOS = {
+    "failing-check": (failing_check, {}),
+    "kernel-hang": (panicking, {"usr/lib/systemd/system/test-panic.service": PANIC_UNIT}),
+    "never-confirms": (never_confirms, {}),
+}
+
+
+@pytest.fixture(scope="module")
+def rollback_server(update_port: int, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("rollback-srv")
+    httpd = serve_in_thread(root, port=update_port)
+    yield root
+    httpd.shutdown()
+
+
+def run_scenario(name: str, v1: appsdk.BuildResult, key: keys.SigningKey, port: int,
+                 srv: Path, tmp: Path, logs: Path) -> dict[str, Any]:
+    edit, files = SCENARIOS[name]
+    app = variant(tmp, name, edit, files)
+    bad = appsdk.build(app, board="x86-uefi", version="2.0", output=tmp / f"{name}-build",
+                       key_dir=key.home, update_url=f"http://10.0.2.2:{port}/")
+    for old in srv.iterdir():
+        old.unlink()
+    release(srv, [v1.output, bad.output], key, Runner())
+
+    disk = disk_copy(v1.image, tmp / f"{name}.img", 6 * GiB)
+    vars_fd = ovmf_vars(tmp / name)
+    board = load_board("x86-uefi")
+
+    def spec() -> VmSpec:
+        return VmSpec(board=board, disk=disk, snapshot=False, serial_port=vm_port(),
+                      accel="tcg", no_reboot=True, vars_file=vars_fd)
+
+    ports: list[int] = []
+
+    def vm_port() -> int:
+        ports.append(free_port())
+        return ports[-1]
+
+    result: dict[str, Any] = {"boots": []}
+    s = spec()
+    with running(qemu_argv(s), ports[-1], logs, f"rollback-{name}-0") as vm:
+        vm.shell.expect(V1_UP, 300)
+        vm.shell.login()
+        vm.shell.run("/usr/lib/systemd/systemd-networkd-wait-online --timeout=90", timeout=120)
+        status, out = vm.shell.run("/usr/lib/systemd/systemd-sysupdate --no-pager update 2>&1",
+                                   timeout=900)
+        assert status == 0, out
+        vm.shell.send("sync; systemctl poweroff")
+        vm.wait_exit(120)
+
+    for attempt in range(1, 7):
+        s = spec()
+        with running(qemu_argv(s), ports[-1], logs, f"rollback-{name}-{attempt}") as vm:
+            version, outcome = watch_boot(vm, V1_UP, timeout=900)
+            result["boots"].append((version, outcome))
+            if outcome == "up" and version == "1.0":
+                vm.shell.login()
+                result["status"] = json.loads(vm.shell.output("appsdk-status --json"))
+                result["esp"] = vm.shell.output("ls /efi/EFI/Linux").split()
+                result["journal"] = vm.shell.output(
+                    "journalctl -b -t appsdk --no-pager -o cat | tail -5")
+                vm.shell.send("systemctl poweroff")
+                vm.wait_exit(120)
+                break
+            vm.wait_exit(60)
+    return result
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_bad_update_gets_three_tries_then_v1_runs(
+        scenario: str, hello_v1: appsdk.BuildResult, signing_key: keys.SigningKey,
+        update_port: int, rollback_server: Path, tmp_path: Path, vm_logs: Path) -> None:
+    result = run_scenario(scenario, hello_v1, signing_key, update_port, rollback_server,
+                          tmp_path, vm_logs)
+    # Exactly three boots of v2, each ending in a reset (reboot, watchdog or deadline),
+    # then systemd-boot picks v1 on its own.
+    assert result["boots"] == [("2.0", "reset")] * 3 + [("1.0", "up")], result["boots"]
+    status = result["status"]
+    assert status["running"] == "1.0" and status["blessed"] is True
+    assert status["failed"] == ["2.0"]
+    assert status["installed"] == ["1.0", "2.0"]
+    assert sorted(result["esp"]) == ["hello_1.0.efi", "hello_2.0+0-3.efi"]
+    assert "used up its boot tries" in result["journal"]
