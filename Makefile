@@ -11,8 +11,11 @@ deps:  ## install what appsdk and its tests need (apt + pip)
 	$(PYTHON) -m pip install -q -e '.[test]'
 
 demo: deps  ## build examples/hello and boot it in QEMU (console on this terminal)
-	appsdk build examples/hello
-	appsdk run examples/hello/build/x86-uefi --disk examples/hello/build/demo-disk.img --disk-size 6G
+	test -d build/demo-keys || appsdk keys generate examples/hello --keys build/demo-keys
+	appsdk build examples/hello --keys build/demo-keys
+	@echo "hello's /health is forwarded to http://127.0.0.1:8080/health once it is up"
+	appsdk run examples/hello/build/x86-uefi --disk examples/hello/build/demo-disk.img \
+	  --disk-size 6G --forward 8080:8080
 
 test: deps  ## lint, unit tests, then VM tests (builds and boots real images)
 	$(PYTHON) -m pytest -m 'vm or not vm'
