@@ -3,7 +3,6 @@ Artifacts are staged and moved into place only when every stage succeeded."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ from typing import Any
 from . import __version__, bmap, keys
 from .boards import Board, load_board
 from .config import Appliance, load_appliance
+from .digest import sha256_file
 from .errors import ConfigError
 from .layout import kernel_cmdline, layout_for
 from .progress import Event, NullReporter, Reporter, stage
@@ -52,14 +52,6 @@ class BuildResult:
     @property
     def image(self) -> Path:
         return self.artifacts["image"].path
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(4 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def build(

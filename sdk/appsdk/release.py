@@ -4,12 +4,12 @@ SHA256SUMS over all of them, and its signature."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .digest import sha256_file
 from .errors import ConfigError, VerifyFailed
 from .keys import SigningKey
 from .pipeline import load_build
@@ -46,7 +46,7 @@ def release(out: Path, builds: list[Path], key: SigningKey, runner: Runner) -> R
             if entry is None:
                 raise ConfigError(f"{build_dir} has no {kind} artifact (built by an old appsdk?)")
             source = build_dir / entry["file"]
-            if sha256(source) != entry["sha256"]:
+            if sha256_file(source) != entry["sha256"]:
                 raise VerifyFailed(f"{source} does not match its sha256 in build.json",
                                    hint="rebuild; the file was changed after the build")
             target = out / entry["file"]
@@ -60,11 +60,3 @@ def release(out: Path, builds: list[Path], key: SigningKey, runner: Runner) -> R
     versions = tuple(sorted({r["version"] for _, r in records}))
     return Release(directory=out, versions=versions, files=(*names, SUMS, signature.name),
                    signature=signature)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(4 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -8,11 +8,9 @@ import re
 from pathlib import Path
 
 import pytest
-from vmlib import disk_copy, free_port, ovmf_vars, running
+from vmlib import disk_copy, free_port, ovmf_vars, running, vm_boot
 
 import appsdk
-from appsdk.boards import load_board
-from appsdk.qemu import VmSpec, qemu_argv
 
 GiB = 1024**3
 SECTOR = 512
@@ -54,10 +52,7 @@ def booted_twice(hello_v1: appsdk.BuildResult, tmp_path_factory: pytest.TempPath
     vars_fd = ovmf_vars(work)
     facts: dict[str, object] = {}
 
-    port = free_port()
-    spec = VmSpec(board=load_board("x86-uefi"), disk=disk, snapshot=False, serial_port=port,
-                  accel="tcg", no_reboot=True, vars_file=vars_fd)
-    with running(qemu_argv(spec), port, vm_logs, "x86-boot1") as vm:
+    with vm_boot(disk, vars_fd, vm_logs, "x86-boot1") as vm:
         sh = vm.shell
         facts["banner1"] = sh.expect(r"appsdk: IMAGE_ID=(\S+) IMAGE_VERSION=(\S+) booted",
                                      300).groups()

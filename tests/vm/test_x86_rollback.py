@@ -13,12 +13,10 @@ from typing import Any
 import pytest
 import yaml
 from conftest import REPO
-from vmlib import disk_copy, free_port, ovmf_vars, running, watch_boot
+from vmlib import disk_copy, ovmf_vars, vm_boot, watch_boot
 
 import appsdk
 from appsdk import keys
-from appsdk.boards import load_board
-from appsdk.qemu import VmSpec, qemu_argv
 from appsdk.release import release
 from appsdk.runner import Runner
 from appsdk.serve import serve_in_thread
@@ -92,21 +90,9 @@ def run_scenario(name: str, v1: appsdk.BuildResult, key: keys.SigningKey, port: 
 
     disk = disk_copy(v1.image, tmp / f"{name}.img", 6 * GiB)
     vars_fd = ovmf_vars(tmp / name)
-    board = load_board("x86-uefi")
-
-    def spec() -> VmSpec:
-        return VmSpec(board=board, disk=disk, snapshot=False, serial_port=vm_port(),
-                      accel="tcg", no_reboot=True, vars_file=vars_fd)
-
-    ports: list[int] = []
-
-    def vm_port() -> int:
-        ports.append(free_port())
-        return ports[-1]
 
     result: dict[str, Any] = {"boots": []}
-    s = spec()
-    with running(qemu_argv(s), ports[-1], logs, f"rollback-{name}-0") as vm:
+    with vm_boot(disk, vars_fd, logs, f"rollback-{name}-0") as vm:
         vm.shell.expect(V1_UP, 300)
         vm.shell.login()
         vm.shell.run("/usr/lib/systemd/systemd-networkd-wait-online --timeout=90", timeout=120)
@@ -117,8 +103,7 @@ def run_scenario(name: str, v1: appsdk.BuildResult, key: keys.SigningKey, port: 
         vm.wait_exit(120)
 
     for attempt in range(1, 7):
-        s = spec()
-        with running(qemu_argv(s), ports[-1], logs, f"rollback-{name}-{attempt}") as vm:
+        with vm_boot(disk, vars_fd, logs, f"rollback-{name}-{attempt}") as vm:
             version, outcome = watch_boot(vm, V1_UP, timeout=900)
             result["boots"].append((version, outcome))
             if outcome == "up" and version == "1.0":

@@ -13,12 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vmlib import disk_copy, free_port, ovmf_vars, running
+from vmlib import disk_copy, ovmf_vars, vm_boot
 
 import appsdk
 from appsdk import keys
-from appsdk.boards import load_board
-from appsdk.qemu import VmSpec, qemu_argv
 from appsdk.release import release
 from appsdk.runner import Runner
 from appsdk.serve import serve_in_thread
@@ -106,13 +104,9 @@ def update_run(hello_v1: appsdk.BuildResult, releases: dict[str, Path], server: 
     work = tmp_path_factory.mktemp("x86-update")
     disk = disk_copy(hello_v1.image, work / "disk.img", 6 * GiB)
     vars_fd = ovmf_vars(work)
-    board = load_board("x86-uefi")
     facts: dict[str, object] = {"attempts": {}}
 
-    port = free_port()
-    spec = VmSpec(board=board, disk=disk, snapshot=False, serial_port=port, accel="tcg",
-                  no_reboot=True, vars_file=vars_fd)
-    with running(qemu_argv(spec), port, vm_logs, "x86-update-v1") as vm:
+    with vm_boot(disk, vars_fd, vm_logs, "x86-update-v1") as vm:
         sh = vm.shell
         sh.expect(r"appsdk: IMAGE_ID=hello IMAGE_VERSION=1.0 booted", 300)
         sh.login()
@@ -136,10 +130,7 @@ def update_run(hello_v1: appsdk.BuildResult, releases: dict[str, Path], server: 
         sh.send("sync; systemctl poweroff")
         vm.wait_exit(120)
 
-    port = free_port()
-    spec = VmSpec(board=board, disk=disk, snapshot=False, serial_port=port, accel="tcg",
-                  no_reboot=True, vars_file=vars_fd)
-    with running(qemu_argv(spec), port, vm_logs, "x86-update-v2") as vm:
+    with vm_boot(disk, vars_fd, vm_logs, "x86-update-v2") as vm:
         sh = vm.shell
         facts["banner2"] = sh.expect(r"appsdk: IMAGE_ID=(\S+) IMAGE_VERSION=(\S+) booted",
                                      300).groups()
@@ -155,10 +146,7 @@ def update_run(hello_v1: appsdk.BuildResult, releases: dict[str, Path], server: 
         vm.wait_exit(120)
 
     # A blessed v2 stays the default on later boots.
-    port = free_port()
-    spec = VmSpec(board=board, disk=disk, snapshot=False, serial_port=port, accel="tcg",
-                  no_reboot=True, vars_file=vars_fd)
-    with running(qemu_argv(spec), port, vm_logs, "x86-update-v2-again") as vm:
+    with vm_boot(disk, vars_fd, vm_logs, "x86-update-v2-again") as vm:
         sh = vm.shell
         facts["banner3"] = sh.expect(r"appsdk: IMAGE_ID=(\S+) IMAGE_VERSION=(\S+) booted",
                                      300).groups()
@@ -242,10 +230,7 @@ def test_flipped_byte_in_usr_is_caught_by_dm_verity(
         f.seek(offset)
         f.write(bytes([byte[0] ^ 0xFF]))
 
-    port = free_port()
-    spec = VmSpec(board=load_board("x86-uefi"), disk=disk, snapshot=False, serial_port=port,
-                  accel="tcg", no_reboot=True, vars_file=ovmf_vars(tmp_path))
-    with running(qemu_argv(spec), port, vm_logs, "x86-verity-tamper") as vm:
+    with vm_boot(disk, ovmf_vars(tmp_path), vm_logs, "x86-verity-tamper") as vm:
         sh = vm.shell
         sh.expect(r"appsdk: IMAGE_ID=hello IMAGE_VERSION=1.0 booted", 300)
         sh.login()

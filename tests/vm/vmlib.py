@@ -89,3 +89,18 @@ def watch_boot(vm: Vm, up_pattern: str, timeout: float = 600) -> tuple[str, str]
         except Exception:  # CommandTimeout, or the console closing under us
             time.sleep(0.5)
     raise AssertionError(f"boot of {version} neither came up nor reset in {timeout}s")
+
+
+@contextlib.contextmanager
+def vm_boot(disk: Path, vars_fd: Path, log_dir: Path, name: str,
+            board: str = "x86-uefi") -> Iterator[Vm]:
+    """Boot a disk with appsdk's QEMU command line for the board (TCG, serial on a free
+    port, -no-reboot so every reset or power-off ends the process: one boot, one Vm)."""
+    from appsdk.boards import load_board
+    from appsdk.qemu import VmSpec, qemu_argv
+
+    port = free_port()
+    spec = VmSpec(board=load_board(board), disk=disk, snapshot=False, serial_port=port,
+                  accel="tcg", no_reboot=True, vars_file=vars_fd)
+    with running(qemu_argv(spec), port, log_dir, name) as vm:
+        yield vm

@@ -3,10 +3,10 @@ verity tree), their SHA256SUMS and its detached signature SHA256SUMS.gpg."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..digest import sha256_file
 from ..keys import SigningKey, sign
 from ..runner import Runner
 from ..tools import ToolsTree
@@ -38,11 +38,7 @@ def compress(source: Path, target: Path, tools: ToolsTree, runner: Runner) -> Pa
 def sha256sums(directory: Path, names: list[str]) -> str:
     lines = []
     for name in sorted(names):
-        digest = hashlib.sha256()
-        with (directory / name).open("rb") as f:
-            while chunk := f.read(4 * 1024 * 1024):
-                digest.update(chunk)
-        lines.append(f"{digest.hexdigest()}  {name}\n")
+        lines.append(f"{sha256_file(directory / name)}  {name}\n")
     return "".join(lines)
 
 
