@@ -106,6 +106,7 @@ def run_scenario(name: str, v1: appsdk.BuildResult, key: keys.SigningKey, port: 
         with vm_boot(disk, vars_fd, logs, f"rollback-{name}-{attempt}") as vm:
             version, outcome = watch_boot(vm, V1_UP, timeout=900)
             result["boots"].append((version, outcome))
+            (logs / f"rollback-{name}.json").write_text(json.dumps(result["boots"]) + "\n")
             if outcome == "up" and version == "1.0":
                 vm.shell.login()
                 result["status"] = json.loads(vm.shell.output("appsdk-status --json"))

@@ -77,7 +77,9 @@ def watch_boot(vm: Vm, up_pattern: str, timeout: float = 600) -> tuple[str, str]
     -no-reboot). Returns (version, "up" | "reset")."""
     import re
 
-    version = vm.shell.expect(r"verity_usr_data=/dev/disk/by-partlabel/usr_(\S+)", 300).group(1)
+    # The trailing \s matters: the line arrives in pieces, and \S+ alone would match "2.".
+    version = vm.shell.expect(r"verity_usr_data=/dev/disk/by-partlabel/usr_(\S+)\s",
+                              300).group(1)
     deadline = time.monotonic() + timeout
     pattern = re.compile(up_pattern)
     while time.monotonic() < deadline:
