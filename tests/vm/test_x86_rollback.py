@@ -26,12 +26,13 @@ GiB = 1024**3
 V1_UP = r"appsdk: IMAGE_ID=hello IMAGE_VERSION=1\.0 booted"
 
 PANIC_UNIT = """[Unit]
-Description=test: crash the kernel once the system is up (panic=0: nothing reboots it)
-After=multi-user.target
+Description=test: crash the kernel before the boot is confirmed (panic=0: nothing reboots it)
+# A hang after boot-complete.target would come after systemd-bless-boot: too late to count.
+Before=boot-complete.target
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'sleep 5; echo c > /proc/sysrq-trigger'
+ExecStart=/bin/sh -c 'sleep 2; echo c > /proc/sysrq-trigger'
 
 [Install]
 WantedBy=multi-user.target
