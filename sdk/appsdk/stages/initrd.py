@@ -3,7 +3,6 @@ appliance tree so it matches the image's kernel and systemd exactly. Cached."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +51,3 @@ def build_initrd(board: Board, custom: Customized, rootfs_key: str, runner: Runn
 
     path, cached = cached_dir("initrd", key, make)
     return Initrd(path=path / "initrd.img", cached=cached)
-
-
-def copy_to(initrd: Initrd, dest: Path) -> Path:
-    shutil.copyfile(initrd.path, dest)
-    return dest
