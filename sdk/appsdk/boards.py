@@ -60,10 +60,6 @@ class Board:
     def efi_arch(self) -> str:
         return ARCHES[self.arch][1]
 
-    @property
-    def console_device(self) -> str:
-        return self.console.split(",")[0]
-
 
 def boards_dir() -> Path:
     """boards/ of the source tree, or the copy installed with the package."""

@@ -237,7 +237,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .boards import load_board
     from .pipeline import load_build
-    from .qemu import VmSpec, firmware_vars, kvm_works, prepare_disk, qemu_argv, scratch_dir
+    from .qemu import (
+        VmSpec,
+        emulator_of,
+        firmware_vars,
+        kvm_works,
+        prepare_disk,
+        qemu_argv,
+        scratch_dir,
+    )
 
     target: Path = args.target
     if target.is_dir():
@@ -254,7 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     disk = prepare_disk(image, args.disk, size)
     accel = args.accel
     if accel == "auto":
-        accel = "kvm" if kvm_works(board.emulator.qemu if board.emulator else "") else "tcg"
+        accel = "kvm" if kvm_works(emulator_of(board).qemu) else "tcg"
     forward = tuple(tuple(int(x) for x in f.split(":", 1)) for f in args.forward)
     spec = VmSpec(board=board, disk=disk, snapshot=not (args.in_place or args.disk),
                   serial_port=args.serial_port, forward=forward,  # type: ignore[arg-type]

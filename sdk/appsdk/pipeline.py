@@ -27,7 +27,7 @@ from .stages.rootfs import build_rootfs, recipe_for
 from .stages.uki import build_uki
 from .stages.update import SUMS, build_update_files, update_names
 from .stages.usrimage import build_usr_image, build_verity
-from .tools import ensure_tools
+from .tools import ToolsTree, ensure_tools
 
 BUILD_JSON = "build.json"
 
@@ -165,7 +165,7 @@ def build(
     return result
 
 
-def tools_versions(runner: Runner, tools: Any) -> dict[str, str]:
+def tools_versions(runner: Runner, tools: ToolsTree) -> dict[str, str]:
     out = tools.sandbox().run(runner, ["systemd-repart", "--version"]).stdout.splitlines()
     return {"systemd": out[0] if out else "?", "tools_tree": tools.key}
 

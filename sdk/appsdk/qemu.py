@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .boards import Board
+from .boards import Board, Emulator
 from .cache import cache_root
 from .errors import ConfigError, ToolMissing
 from .runner import require
@@ -47,7 +47,7 @@ def firmware_vars(board: Board, directory: Path) -> Path:
     return target
 
 
-def emulator_of(board: Board):  # type: ignore[no-untyped-def]
+def emulator_of(board: Board) -> Emulator:
     if board.emulator is None:
         raise ConfigError(f"board {board.name} has no emulator profile", field="emulator",
                           hint="boot it on real hardware, or use an emulated board")

@@ -21,12 +21,3 @@ def parse_size(value: object) -> int:
         if match:
             return int(match.group(1)) * _SUFFIX[match.group(2).upper()]
     raise ValueError(f"expected a size like 256M or 1G, got {value!r}")
-
-
-def human(size: int) -> str:
-    for unit, factor in (("G", 1024**3), ("M", 1024**2), ("K", 1024)):
-        if size >= factor and size % factor == 0:
-            return f"{size // factor}{unit}"
-    if size >= MiB:
-        return f"{size / MiB:.1f}M"
-    return str(size)
