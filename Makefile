@@ -1,9 +1,10 @@
 # Quick start (Debian 12/13, as root):  make demo   |   make test
 PYTHON ?= python3
 APT_PACKAGES = mmdebstrap bubblewrap qemu-system-x86 ovmf mtools dosfstools fdisk \
-               bmap-tools xz-utils zstd gnupg debian-archive-keyring ca-certificates
+               bmap-tools xz-utils zstd gnupg debian-archive-keyring ca-certificates \
+               umockdev e2fsprogs util-linux
 
-.PHONY: deps demo test unit vm lint bench
+.PHONY: deps demo test unit vm device lint bench
 
 deps:  ## install what appsdk and its tests need (apt + pip)
 	apt-get update -qq
@@ -18,13 +19,16 @@ demo: deps  ## build examples/hello and boot it in QEMU (console on this termina
 	  --disk-size 6G --forward 8080:8080
 
 test: deps  ## lint, unit tests, then VM tests (builds and boots real images)
-	$(PYTHON) -m pytest -m 'vm or not vm'
+	$(PYTHON) -m pytest -m 'vm or device or not (vm or device)'
 
 unit:  ## fast tests only (no root, no network)
 	$(PYTHON) -m pytest
 
 vm:
 	$(PYTHON) -m pytest -m vm
+
+device:  ## flash tests on loop devices (root)
+	$(PYTHON) -m pytest -m device
 
 bench: deps
 	$(PYTHON) bench/build_times.py

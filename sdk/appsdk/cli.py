@@ -82,6 +82,56 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--host", default="127.0.0.1")
 
+    p = sub.add_parser("devices", help="list disks that could be flashed, and why not",
+                       description="Disks found through udev/sysfs with their identity, size, "
+                       "bus and whether they hold mounted filesystems. Disks that are not "
+                       "candidates say why.")
+    p.add_argument("--all", action="store_true", help="also list disks that are not candidates")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("flash", help="write an image to a disk (SD card, USB, eMMC) and verify",
+                       description="Write only the mapped blocks of the image's bmap, then read "
+                       "them back from the device and compare checksums. Refuses system, "
+                       "mounted, read-only and too-small disks, and images built for another "
+                       "board. Asks for confirmation unless --yes.")
+    p.add_argument("source", type=Path, metavar="IMAGE|BUILD_DIR")
+    p.add_argument("device", metavar="DEVICE", help="whole-disk block device, e.g. /dev/sdb")
+    p.add_argument("--board", help="the board this card is for; refuses images built for "
+                   "another board")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--allow-fixed", action="store_true",
+                   help="allow a disk that is not removable (internal disk, loop device)")
+    p.add_argument("--no-verify", action="store_true", help="skip the read-back")
+    p.add_argument("--json", action="store_true", help="progress and result as JSON lines")
+
+    p = sub.add_parser("verify", help="check a flashed disk against an image's bmap",
+                       description="Read every mapped range of the image back from DEVICE "
+                       "(bypassing the page cache) and compare with the bmap checksums.")
+    p.add_argument("source", type=Path, metavar="IMAGE|BUILD_DIR")
+    p.add_argument("device", metavar="DEVICE")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("provision", help="provision devices on a factory bench")
+    prov = p.add_subparsers(dest="provision_command", required=True, metavar="CHANNEL")
+    u = prov.add_parser("usb", help="flash every USB disk that is plugged in",
+                        description="Wait for USB mass-storage disks (card readers, USB "
+                        "sticks, CM4/CM5 eMMC exposed by rpiboot) to appear, flash and verify "
+                        "each, and print one report line per device.")
+    u.add_argument("source", type=Path, metavar="IMAGE|BUILD_DIR")
+    u.add_argument("--wait", action="store_true", required=True,
+                   help="wait for disks to be plugged in (disks present at start are ignored)")
+    u.add_argument("--count", type=int, default=0, help="stop after N devices (default: never)")
+    u.add_argument("--board", help="refuse images built for another board")
+    u.add_argument("--timeout", type=float, default=0,
+                   help="give up after this many seconds without a new disk (default: never)")
+    u.add_argument("--rpiboot", action="store_true",
+                   help="run the external rpiboot for each CM4/CM5 in USB boot mode, so its "
+                   "eMMC appears as a USB disk (install usbboot's rpiboot first)")
+    u.add_argument("--rpiboot-dir", type=Path, metavar="DIR",
+                   help="firmware directory for rpiboot -d, e.g. usbboot/mass-storage-gadget64 "
+                   "(needed for CM5)")
+    u.add_argument("--json", action="store_true", help="reports as JSON lines")
+
     p = sub.add_parser("run", help="boot an image in QEMU",
                        description="Boot a built image in QEMU (KVM if it works, else TCG). "
                        "The image is not modified: writes go to a snapshot unless --disk or "
@@ -275,7 +325,99 @@ def cmd_run(args: argparse.Namespace) -> int:
     os.execvp(argv[0], argv)
 
 
+def _devices_json(listed: Any) -> list[dict[str, Any]]:
+    return [{**asdict(item.device), "candidate": item.candidate,
+             "refusals": [r.reason for r in item.refusals]} for item in listed]
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from .blockdev import list_devices
+
+    listed = list_devices()
+    if args.json:
+        _print_json(_devices_json(listed))
+        return 0
+    shown = [item for item in listed if args.all or item.candidate]
+    if not shown:
+        print("no candidate disks (plug in a card or USB disk; --all lists the others)")
+    for item in shown:
+        d = item.device
+        print(f"{d.path:<14} {d.size / 1e9:7.1f} GB  {d.bus or '?':<7} "
+              f"{(d.vendor + ' ' + d.model).strip() or '?'}  serial={d.serial or '?'}"
+              + ("" if item.candidate else "\n" + "".join(
+                  f"    not a candidate: {r.reason}\n" for r in item.refusals).rstrip()))
+    hidden = len(listed) - len(shown)
+    if hidden:
+        print(f"({hidden} non-candidate disks hidden; --all shows them and why)")
+    return 0
+
+
+def _ask(dev: Any) -> bool:
+    print(f"About to ERASE {dev.identity}", file=sys.stderr)
+    if not sys.stdin.isatty():
+        print("appsdk: stdin is not a terminal; pass --yes to flash without asking",
+              file=sys.stderr)
+        return False
+    answer = input(f"Type 'yes' to write to {dev.path}: ")
+    return answer.strip().lower() == "yes"
+
+
+def cmd_flash(args: argparse.Namespace) -> int:
+    from .flash import flash, open_source
+
+    reporter: Reporter = JsonReporter() if args.json else TextReporter()
+    source = open_source(args.source)
+    result = flash(source, args.device, board=args.board, allow_fixed=args.allow_fixed,
+                   confirm=None if args.yes else _ask, reporter=reporter,
+                   verify=not args.no_verify)
+    summary = {"device": result.device.path, "serial": result.device.serial,
+               "image": str(result.image), "written_bytes": result.written,
+               "write_seconds": round(result.write_seconds, 2),
+               "verify_seconds": round(result.verify_seconds, 2),
+               "verified": bool(result.digest), "sha256": result.digest}
+    if args.json:
+        print(json.dumps({"event": "result", **summary}, sort_keys=True))
+    else:
+        print(f"flashed {result.image.name} to {result.device.identity}: "
+              f"{result.written / 1e6:.0f} MB in {result.write_seconds:.1f}s"
+              + (f", verified in {result.verify_seconds:.1f}s (sha256 {result.digest[:16]}...)"
+                 if result.digest else ", NOT verified"))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .flash import open_source, verify_device
+
+    reporter: Reporter = JsonReporter() if args.json else TextReporter()
+    digest, seconds = verify_device(open_source(args.source), args.device, reporter)
+    if args.json:
+        print(json.dumps({"event": "result", "device": args.device, "verified": True,
+                          "sha256": digest, "seconds": round(seconds, 2)}))
+    else:
+        print(f"{args.device} matches {args.source}: sha256 {digest} ({seconds:.1f}s)")
+    return 0
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    from .flash import open_source
+    from .provision_usb import UdevWatcher, provision_usb
+
+    source = open_source(args.source)
+    reporter: Reporter = JsonReporter() if args.json else TextReporter()
+    watcher = UdevWatcher(rpiboot=args.rpiboot, rpiboot_dir=args.rpiboot_dir)
+    reports = provision_usb(source, watcher, count=args.count,
+                            board=args.board, timeout=args.timeout, reporter=reporter,
+                            on_report=lambda r: print(
+                                json.dumps(r.as_dict(), sort_keys=True) if args.json
+                                else r.line(), flush=True))
+    return 0 if reports and all(r.ok for r in reports) else 1
+
+
 COMMANDS = {
+    "devices": cmd_devices,
+    "flash": cmd_flash,
+    "verify": cmd_verify,
+    "provision": cmd_provision,
     "init": cmd_init,
     "boards": cmd_boards,
     "doctor": cmd_doctor,

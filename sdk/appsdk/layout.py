@@ -32,6 +32,12 @@ class Layout:
         return max(16 * MiB, -(-self.usr_size // 64 // MiB) * MiB)
 
     @property
+    def min_device_size(self) -> int:
+        """The smallest disk first boot can complete on: GPT + ESP + both slots + /var.
+        Smaller disks boot into emergency mode (repart cannot add slot B and /var)."""
+        return 2 * MiB + self.esp_size + 2 * (self.usr_size + self.verity_size) + self.var_min
+
+    @property
     def usr_label(self) -> str:
         return usr_label(self.version)
 

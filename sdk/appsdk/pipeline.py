@@ -189,6 +189,7 @@ def build_record(result: BuildResult, board: Board, app: Appliance, kernel_versi
         "partition_sizes": {"esp": app.partitions.esp, "usr": app.partitions.usr,
                             "verity": layout_for(app, board).verity_size,
                             "var_min": app.partitions.var_min},
+        "min_device_size": layout_for(app, board).min_device_size,
         "tools": tools,
         "seconds": round(result.seconds, 1),
     }

@@ -40,10 +40,27 @@ class RecordingReporter:
 
 
 class TextReporter:
+    """Lines for humans. Progress rewrites one line on a terminal and is thinned to one
+    line every 10 s in a log."""
+
     def __init__(self, stream: TextIO = sys.stderr) -> None:
         self.stream = stream
+        self.tty = stream.isatty()
+        self._last_progress = 0.0
+        self._open_line = False
 
     def emit(self, event: Event) -> None:
+        if event.kind == "progress":
+            if self.tty:
+                print(f"\r    {event.message}\033[K", end="", file=self.stream, flush=True)
+                self._open_line = True
+            elif time.monotonic() - self._last_progress >= 10:
+                self._last_progress = time.monotonic()
+                print(f"    {event.message}", file=self.stream, flush=True)
+            return
+        if self._open_line:
+            print(file=self.stream)
+            self._open_line = False
         if event.kind == "stage-start":
             line = f"==> {event.stage}: {event.message}" if event.message else f"==> {event.stage}"
         elif event.kind == "stage-done":

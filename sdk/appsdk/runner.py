@@ -36,12 +36,12 @@ class Result:
     seconds: float
 
 
-def require(tool: str) -> str:
+def require(tool: str, hint: str | None = None) -> str:
     """Path of a host tool, or ToolMissing naming the package that provides it."""
     path = shutil.which(tool)
     if path is None:
         package = INSTALL_HINTS.get(tool, tool)
-        raise ToolMissing(f"{tool} not found on PATH", hint=f"apt-get install {package}")
+        raise ToolMissing(f"{tool} not found on PATH", hint=hint or f"apt-get install {package}")
     return path
 
 

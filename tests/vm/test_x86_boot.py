@@ -19,7 +19,8 @@ SECTOR = 512
 def plain_qemu(image: Path, vars_fd: Path, port: int) -> list[str]:
     """The README's 'no appsdk needed' command line, with the serial port on TCP."""
     return [
-        "qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-m", "2048", "-smp", "2",
+        "qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", "2048",
+        "-smp", "2",
         "-display", "none",
         "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
         "-drive", f"if=pflash,format=raw,unit=1,file={vars_fd}",
@@ -52,7 +53,7 @@ def booted_twice(hello_v1: appsdk.BuildResult, tmp_path_factory: pytest.TempPath
     vars_fd = ovmf_vars(work)
     facts: dict[str, object] = {}
 
-    with vm_boot(disk, vars_fd, vm_logs, "x86-boot1") as vm:
+    with vm_boot(disk, vars_fd, vm_logs, "x86-boot1", retry_early_panic=True) as vm:
         sh = vm.shell
         facts["banner1"] = sh.expect(r"appsdk: IMAGE_ID=(\S+) IMAGE_VERSION=(\S+) booted",
                                      300).groups()
@@ -82,7 +83,8 @@ def booted_twice(hello_v1: appsdk.BuildResult, tmp_path_factory: pytest.TempPath
         assert vm.wait_exit(120) == 0
 
     port = free_port()
-    with running(plain_qemu(disk, vars_fd, port), port, vm_logs, "x86-boot2") as vm:
+    with running(plain_qemu(disk, vars_fd, port), port, vm_logs, "x86-boot2",
+                 retry_early_panic=True) as vm:
         sh = vm.shell
         facts["banner2"] = sh.expect(r"appsdk: IMAGE_ID=(\S+) IMAGE_VERSION=(\S+) booted",
                                      300).groups()

@@ -1,0 +1,400 @@
+"""Write an image to a disk: only the mapped blocks of its bmap, with large aligned direct
+writes, ordered so that an interrupted flash never looks like a valid disk, then read every
+mapped range back from the device (bypassing the page cache) against the bmap checksums.
+
+Order of writes:
+  1. zero the head of the device (protective MBR + primary GPT) and, on a larger device,
+     its last MiB (a stale backup GPT): from here on the disk carries no partition table;
+  2. every mapped range except the image's head and tail (its backup GPT);
+  3. flush; the image's tail; flush; the image's head; flush.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import bmap as bmapfile
+from .blockdev import BlockDevice, probe, refuse_if_unsafe
+from .errors import ConfigError, DeviceRefused, VerifyFailed
+from .progress import Event, NullReporter, Reporter
+
+MiB = 1024 * 1024
+HEAD = 64 * 1024  # protective MBR, GPT header and entries, for 512- and 4096-byte sectors
+TAIL = MiB  # the backup GPT lives in the last 33 sectors; clear generously
+CHUNK = 8 * MiB
+SYNC_EVERY = 256 * MiB
+
+
+@dataclass(frozen=True)
+class Source:
+    """An image to flash with its block map, and what its build says about it."""
+
+    image: Path
+    bmap: bmapfile.Bmap
+    board: str | None  # None: a bare image without build.json (board cannot be checked)
+    min_device_size: int
+
+
+@dataclass(frozen=True)
+class FlashResult:
+    device: BlockDevice
+    image: Path
+    written: int  # bytes written, zeroing included
+    write_seconds: float
+    verify_seconds: float
+    digest: str  # sha256 over the mapped ranges as read back from the device
+
+    @property
+    def seconds(self) -> float:
+        return self.write_seconds + self.verify_seconds
+
+
+def open_source(path: Path) -> Source:
+    """A build directory (build.json names image, bmap and board) or an image file (its
+    .bmap beside it if present, else one computed from the file's holes)."""
+    from .pipeline import load_build
+
+    record: dict[str, Any] | None
+    if path.is_dir():
+        record = load_build(path)
+        image = path / record["artifacts"]["image"]["file"]
+        bmap_path: Path | None = path / record["artifacts"]["bmap"]["file"]
+    elif path.is_file():
+        image, bmap_path = path, path.with_name(path.name + ".bmap")
+        sibling = path.parent / "build.json"
+        record = load_build(sibling) if sibling.exists() else None
+        if record and record["artifacts"]["image"]["file"] != path.name:
+            record = None
+    else:
+        raise ConfigError("no such image or build directory", file=str(path))
+    if bmap_path is not None and bmap_path.exists():
+        block_map = bmapfile.parse(bmap_path)
+    else:
+        block_map = bmapfile.create(image)
+    if block_map.image_size != image.stat().st_size:
+        raise ConfigError(f"bmap is for an image of {block_map.image_size} bytes, the image "
+                          f"has {image.stat().st_size}", file=str(bmap_path),
+                          hint="rebuild, or remove the stale .bmap")
+    board = record["board"]["name"] if record else None
+    min_size = int(record.get("min_device_size", 0)) if record else 0
+    return Source(image, block_map, board, max(min_size, block_map.image_size))
+
+
+@dataclass(frozen=True)
+class Extent:
+    offset: int
+    length: int
+
+
+def _extents(block_map: bmapfile.Bmap) -> list[Extent]:
+    size, bs = block_map.image_size, block_map.block_size
+    return [Extent(r.first * bs, min((r.last + 1) * bs, size) - r.first * bs)
+            for r in block_map.ranges]
+
+
+def _clip(extents: list[Extent], start: int, end: int) -> list[Extent]:
+    out = []
+    for e in extents:
+        lo, hi = max(e.offset, start), min(e.offset + e.length, end)
+        if hi > lo:
+            out.append(Extent(lo, hi - lo))
+    return out
+
+
+def _split(extents: list[Extent], chunk: int = CHUNK) -> Iterator[Extent]:
+    for e in extents:
+        for off in range(e.offset, e.offset + e.length, chunk):
+            yield Extent(off, min(chunk, e.offset + e.length - off))
+
+
+def _round_up(n: int, align: int) -> int:
+    return -(-n // align) * align
+
+
+class _Meter:
+    """Progress events at most twice a second: bytes, MB/s, ETA."""
+
+    def __init__(self, reporter: Reporter, stage: str, total: int) -> None:
+        self.reporter, self.stage, self.total = reporter, stage, total
+        self.done = 0
+        self.start = self.last = time.monotonic()
+
+    def add(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= 0.5 or self.done >= self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-6)
+            eta = (self.total - self.done) / rate if rate else 0.0
+            self.reporter.emit(Event(
+                "progress", self.stage,
+                f"{self.stage} {self.done / MiB:.0f}/{self.total / MiB:.0f} MiB "
+                f"{rate / 1e6:.1f} MB/s ETA {eta:.0f}s",
+                data={"done": self.done, "total": self.total,
+                      "mb_per_s": round(rate / 1e6, 1), "eta_s": round(eta, 1)}))
+
+
+def _read_ahead(fd: int, chunks: list[Extent], align: int,
+                depth: int = 3) -> Iterator[tuple[Extent, memoryview]]:
+    """Read `chunks` of `fd` in a thread into aligned buffers (O_DIRECT-safe), `depth`
+    buffers ahead of the consumer: reading overlaps with the consumer's writing or hashing
+    (pread, pwrite and sha256 all release the GIL). Each view is valid until the next
+    item is taken, and is zero-padded up to the alignment."""
+    free: queue.Queue[mmap.mmap] = queue.Queue()
+    for _ in range(depth):
+        free.put(mmap.mmap(-1, CHUNK + align))
+    full: queue.Queue[tuple[Extent, mmap.mmap] | BaseException | None] = queue.Queue()
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            for c in chunks:
+                buf = free.get()
+                if stop.is_set():
+                    return
+                padded = _round_up(c.length, align)
+                view = memoryview(buf)
+                got = 0
+                while got < c.length:
+                    n = os.preadv(fd, [view[got:padded]], c.offset + got)
+                    if n <= 0:
+                        raise VerifyFailed(f"short read at byte {c.offset + got}")
+                    got += n
+                view[c.length:padded] = bytes(padded - min(got, padded))
+                view.release()
+                full.put((c, buf))
+            full.put(None)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            full.put(exc)
+
+    thread = threading.Thread(target=reader, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := full.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            c, buf = item
+            view = memoryview(buf)[:_round_up(c.length, align)]
+            yield c, view
+            view.release()
+            free.put(buf)
+    finally:
+        stop.set()
+        for _ in range(depth):
+            free.put(mmap.mmap(-1, 1))  # unblock a reader waiting for a buffer
+        thread.join(timeout=5)
+
+
+class _Writer:
+    """pwrite of image chunks to an O_DIRECT fd, the image read ahead in a thread."""
+
+    def __init__(self, fd: int, image: Path, align: int, meter: _Meter) -> None:
+        self.fd, self.image, self.align, self.meter = fd, image, align, meter
+        self.written = 0
+        self.since_sync = 0
+
+    def write_zeros(self, offset: int, length: int) -> None:
+        buf = mmap.mmap(-1, _round_up(length, self.align))
+        self._pwrite(memoryview(buf), offset)
+
+    def write_extents(self, extents: list[Extent]) -> None:
+        src = os.open(self.image, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for c, view in _read_ahead(src, list(_split(extents)), self.align):
+                self._pwrite(view, c.offset)
+        finally:
+            os.close(src)
+
+    def _pwrite(self, view: memoryview, offset: int) -> None:
+        length = len(view)
+        done = 0
+        while done < length:
+            done += os.pwrite(self.fd, view[done:], offset + done)
+        self.written += length
+        self.since_sync += length
+        self.meter.add(length)
+        if self.since_sync >= SYNC_EVERY:
+            self.sync()
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+        self.since_sync = 0
+
+
+def _logical_block_size(dev: BlockDevice) -> int:
+    path = Path(f"/sys/dev/block/{dev.devnum[0]}:{dev.devnum[1]}/queue/logical_block_size")
+    try:
+        return max(4096, int(path.read_text()))
+    except (OSError, ValueError):
+        return 4096
+
+
+def _open_exclusive(dev: BlockDevice, flags: int) -> int:
+    try:
+        fd = os.open(dev.path, flags | os.O_EXCL | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DeviceRefused(f"cannot open {dev.path} exclusively: {exc.strerror}",
+                            hint="something uses it (mounted, swap, device-mapper); "
+                            "close it and retry. Nothing was written.") from None
+    st = os.fstat(fd)
+    if (os.major(st.st_rdev), os.minor(st.st_rdev)) != dev.devnum:
+        os.close(fd)
+        raise DeviceRefused(f"{dev.path} changed to another device while we looked at it; "
+                            "nothing was written", hint="check `appsdk devices` and retry")
+    return fd
+
+
+def check_target(source: Source, device: str | Path, board: str | None,
+                 allow_fixed: bool = False) -> BlockDevice:
+    """Every refusal that can be decided before writing; returns the device to confirm."""
+    if board and source.board and board != source.board:
+        raise DeviceRefused(f"{source.image} was built for board {source.board}, not {board}; "
+                            "nothing was written",
+                            hint=f"flash a build for {board}, or pass --board {source.board}")
+    dev = probe(device)
+    refuse_if_unsafe(dev, allow_fixed, source.min_device_size)
+    return dev
+
+
+def flash(source: Source, device: str | Path, *, board: str | None = None,
+          allow_fixed: bool = False, confirm: Callable[[BlockDevice], bool] | None = None,
+          reporter: Reporter | None = None, verify: bool = True) -> FlashResult:
+    """Check, confirm, write and verify. `confirm` sees the device's identity and returns
+    False to abort (nothing written); None means confirmed (the caller asked already)."""
+    reporter = reporter or NullReporter()
+    dev = check_target(source, device, board, allow_fixed)
+    if confirm is not None and not confirm(dev):
+        raise DeviceRefused(f"not confirmed; nothing was written to {dev.path}")
+    # Re-check right before opening: a card swapped during the prompt is another device.
+    again = probe(device)
+    if again.fingerprint != dev.fingerprint:
+        raise DeviceRefused(f"{dev.path} is no longer the device you confirmed "
+                            f"(now: {again.identity}); nothing was written")
+    refuse_if_unsafe(again, allow_fixed, source.min_device_size)
+
+    align = _logical_block_size(dev)
+    extents = _extents(source.bmap)
+    size = source.bmap.image_size
+    tail_start = max(HEAD, (size - TAIL) // align * align)
+    body = _clip(extents, HEAD, tail_start)
+    tail = _clip(extents, tail_start, size)
+    total = HEAD + sum(e.length for e in body + tail) + HEAD
+    reporter.emit(Event("stage-start", "write", f"{source.image.name} -> {dev.identity}"))
+    start = time.monotonic()
+    meter = _Meter(reporter, "write", total)
+    fd = _open_exclusive(dev, os.O_WRONLY)
+    try:
+        w = _Writer(fd, source.image, align, meter)
+        w.write_zeros(0, HEAD)
+        if dev.size - size >= TAIL:
+            meter.total += TAIL
+            w.write_zeros(dev.size - TAIL, TAIL)
+        w.sync()
+        reporter.emit(Event("info", "write", "partition table cleared; writing data",
+                            data={"phase": "data"}))
+        w.write_extents(body)
+        w.sync()
+        w.write_extents(tail)
+        w.sync()
+        # The head covers its whole 64 KiB (holes read as zeros): no stale bytes survive.
+        w.write_extents([Extent(0, min(HEAD, size))])
+        w.sync()
+    finally:
+        os.close(fd)
+    write_seconds = time.monotonic() - start
+    reporter.emit(Event("stage-done", "write", f"{w.written / MiB:.0f} MiB", write_seconds))
+    digest, verify_seconds = "", 0.0
+    if verify:
+        try:
+            digest, verify_seconds = verify_device(source, dev, reporter)
+        except VerifyFailed:
+            _invalidate(dev)
+            raise
+    return FlashResult(dev, source.image, w.written, write_seconds, verify_seconds, digest)
+
+
+def _invalidate(dev: BlockDevice) -> None:
+    """A device that failed verification must not look bootable: clear its head."""
+    try:
+        fd = _open_exclusive(dev, os.O_WRONLY)
+    except DeviceRefused:
+        return
+    try:
+        buf = mmap.mmap(-1, HEAD)
+        os.pwrite(fd, buf, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def verify_device(source: Source, device: BlockDevice | str | Path,
+                  reporter: Reporter | None = None) -> tuple[str, float]:
+    """Read every mapped range back with O_DIRECT and compare with the bmap's checksums.
+    Returns (digest, seconds): the digest is sha256 over the ranges' sha256s as read from
+    the device, equal to `image_digest` when every range matches. Raises VerifyFailed
+    naming the ranges that differ."""
+    reporter = reporter or NullReporter()
+    dev = device if isinstance(device, BlockDevice) else probe(device)
+    align = _logical_block_size(dev)
+    bs = source.bmap.block_size
+    total = source.bmap.mapped_bytes
+    reporter.emit(Event("stage-start", "verify", f"reading back {total / MiB:.0f} MiB"))
+    meter = _Meter(reporter, "verify", total)
+    start = time.monotonic()
+    ranges = source.bmap.ranges
+    ends = [min((r.last + 1) * bs, source.bmap.image_size) for r in ranges]
+    # One chunk list for all ranges, so reading runs ahead across range boundaries.
+    chunks = [(i, c) for i, r in enumerate(ranges)
+              for c in _split([Extent(r.first * bs, ends[i] - r.first * bs)])]
+    whole = hashlib.sha256()
+    bad: list[str] = []
+    try:
+        fd = os.open(dev.path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError as exc:
+        raise VerifyFailed(f"cannot open {dev.path} to verify: {exc.strerror}") from None
+    try:
+        digest, current = hashlib.sha256(), 0
+        for (i, _), (c, view) in zip(chunks, _read_ahead(fd, [c for _, c in chunks], align),
+                                     strict=True):
+            if i != current:
+                bad += _check(ranges[current], digest.hexdigest(), bs, ends[current], whole)
+                digest, current = hashlib.sha256(), i
+            digest.update(view[:c.length])
+            meter.add(c.length)
+        if chunks:
+            bad += _check(ranges[current], digest.hexdigest(), bs, ends[current], whole)
+    finally:
+        os.close(fd)
+    seconds = time.monotonic() - start
+    if bad:
+        raise VerifyFailed(
+            f"verification FAILED on {dev.path}: {len(bad)} of {len(ranges)} "
+            f"mapped ranges differ from the image: {', '.join(bad[:5])}"
+            + (" ..." if len(bad) > 5 else ""),
+            hint="the medium may be failing or counterfeit; try another card")
+    reporter.emit(Event("stage-done", "verify", "all mapped ranges match", seconds))
+    return whole.hexdigest(), seconds
+
+
+def _check(r: bmapfile.Range, got: str, bs: int, end: int, whole: Any) -> list[str]:
+    whole.update(bytes.fromhex(got))
+    if got == r.sha256:
+        return []
+    return [f"blocks {r.first}-{r.last} (bytes {r.first * bs}-{end - 1})"]
+
+
+def image_digest(source: Source) -> str:
+    """The digest verify_device reports for a device that matches the bmap."""
+    whole = hashlib.sha256()
+    for r in source.bmap.ranges:
+        whole.update(bytes.fromhex(r.sha256))
+    return whole.hexdigest()
