@@ -132,6 +132,34 @@ def _parser() -> argparse.ArgumentParser:
                    "(needed for CM5)")
     u.add_argument("--json", action="store_true", help="reports as JSON lines")
 
+    sp = prov.add_parser(
+        "serial", help="provision one device over its serial console",
+        description="Log in on the console, write the device's identity (hostname, serial, "
+        "ssh keys, credentials, update URL) into /var where it survives updates, push files "
+        "(chunked, checksummed, retried, renamed atomically), optionally install an update "
+        "from pushed files, and print the device's status.")
+    sp.add_argument("port", help="/dev/ttyUSB0, socket://HOST:PORT, rfc2217://HOST:PORT, ...")
+    sp.add_argument("plan", type=Path, nargs="?", help="provisioning plan (YAML)")
+    sp.add_argument("--device", metavar="SERIAL", help="which device of the plan this is")
+    sp.add_argument("--baud", type=int, default=115200)
+    sp.add_argument("--user", help="login user (default: root, or the plan's)")
+    sp.add_argument("--password", help="login password (or the plan's login.password)")
+    sp.add_argument("--hostname")
+    sp.add_argument("--serial", help="serial number to record (default: --device)")
+    sp.add_argument("--update-url", metavar="URL", help="this device's update server")
+    sp.add_argument("--authorized-key", action="append", default=[], type=Path,
+                    metavar="FILE", help="ssh public key for root (repeatable)")
+    sp.add_argument("--credential", action="append", default=[], metavar="NAME=FILE",
+                    help="a credential for services (LoadCredential=NAME; repeatable)")
+    sp.add_argument("--file", action="append", default=[], metavar="SRC:DEST[:MODE]",
+                    help="push a file (repeatable)")
+    sp.add_argument("--update", type=Path, metavar="DIR",
+                    help="install the update in DIR (build or release) from pushed files")
+    sp.add_argument("--status", action="store_true",
+                    help="only log in and print the device's status")
+    sp.add_argument("--log", type=Path, help="write the console transcript here")
+    sp.add_argument("--json", action="store_true", help="the report as JSON")
+
     p = sub.add_parser("run", help="boot an image in QEMU",
                        description="Boot a built image in QEMU (KVM if it works, else TCG). "
                        "The image is not modified: writes go to a snapshot unless --disk or "
@@ -398,7 +426,73 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serial_plan(args: argparse.Namespace) -> Any:
+    from dataclasses import replace
+
+    from .errors import ConfigError
+    from .provision_serial import DevicePlan, FileSpec, load_plan
+
+    plan = load_plan(args.plan).device(args.device) if args.plan else DevicePlan(
+        serial=args.device or "")
+    files = list(plan.files)
+    for spec in args.file:
+        parts = spec.split(":")
+        if len(parts) not in (2, 3) or not parts[1].startswith("/"):
+            raise ConfigError(f"--file {spec}: use SRC:/ABSOLUTE/DEST[:MODE]")
+        src = Path(parts[0])
+        if not src.is_file():
+            raise ConfigError(f"--file {spec}: {src} not found")
+        files.append(FileSpec(src, parts[1], int(parts[2], 8) if len(parts) == 3 else 0o644))
+    creds = dict(plan.credentials)
+    for spec in args.credential:
+        name, _, path = spec.partition("=")
+        if not name or not Path(path).is_file():
+            raise ConfigError(f"--credential {spec}: use NAME=FILE with an existing file")
+        creds[name] = Path(path)
+    return replace(
+        plan, hostname=args.hostname or plan.hostname, serial=args.serial or plan.serial,
+        update_url=args.update_url or plan.update_url, files=tuple(files),
+        authorized_keys=plan.authorized_keys + tuple(args.authorized_key),
+        credentials=tuple(sorted(creds.items())), user=args.user or plan.user,
+        password=args.password if args.password is not None else plan.password)
+
+
+def cmd_provision_serial(args: argparse.Namespace) -> int:
+    from .console import SerialConsole, Shell
+    from .provision_serial import provision_serial, read_status
+
+    plan = _serial_plan(args)
+    reporter: Reporter = JsonReporter() if args.json else TextReporter()
+    if args.status:
+        console = SerialConsole(args.port, baud=args.baud)
+        try:
+            shell = Shell(console, log=args.log)
+            shell.attach(plan.user, plan.password)
+            _print_json(read_status(shell))
+        finally:
+            console.close()
+        return 0
+    report = provision_serial(args.port, plan, baud=args.baud, update_dir=args.update,
+                              reporter=reporter, log=args.log)
+    if args.json:
+        print(json.dumps(report.as_dict(), sort_keys=True))
+    elif report.ok:
+        print(f"provisioned {report.hostname or '?'} (serial {report.serial or '?'}) on "
+              f"{report.port} in {report.seconds:.0f}s")
+        for f in report.files:
+            print(f"  {f['dest']}  {f['bytes']} bytes  sha256 {f['sha256'][:16]}...  "
+                  f"{f['seconds']}s  {f['retries']} retries")
+        for key, value in report.status.items():
+            print(f"  {key}: {value}")
+    else:
+        print(f"FAILED on {report.port} after {report.seconds:.0f}s: {report.error}",
+              file=sys.stderr)
+    return 0 if report.ok else 9
+
+
 def cmd_provision(args: argparse.Namespace) -> int:
+    if args.provision_command == "serial":
+        return cmd_provision_serial(args)
     from .flash import open_source
     from .provision_usb import UdevWatcher, provision_usb
 

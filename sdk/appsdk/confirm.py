@@ -12,7 +12,7 @@ from .errors import ConfigError
 from .ondevice import File
 
 DEVICE_TOOLS = ("appsdk-lib", "appsdk-health-check", "appsdk-boot-failed",
-                "appsdk-rollback-check", "appsdk-status")
+                "appsdk-rollback-check", "appsdk-status", "appsdk-identity")
 
 BOOT_FAILED_UNIT = """[Unit]
 Description=appsdk: a health check failed

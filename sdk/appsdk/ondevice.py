@@ -70,6 +70,26 @@ WantedBy=sysinit.target
 """
 
 
+IDENTITY_UNIT = """[Unit]
+Description=appsdk: apply this device's identity from /var (hostname, keys, credentials)
+DefaultDependencies=no
+RequiresMountsFor=/var/lib
+After=appsdk-machine-id.service
+Before=sysinit.target network-pre.target systemd-networkd.service shutdown.target
+Wants=network-pre.target
+Conflicts=shutdown.target
+ConditionPathIsDirectory=/var/lib/appsdk/identity
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/lib/appsdk/appsdk-identity
+
+[Install]
+WantedBy=sysinit.target
+"""
+
+
 # On first boot (machine-id "uninitialized") PID 1 applies unit presets, and Debian's preset
 # is "enable *": apt timers and even systemd-sysupdate.timer would switch on. What runs is
 # decided at build time, so nothing more gets enabled on the device (first-boot presets
@@ -156,6 +176,7 @@ def usr_files(app: Appliance, layout: Layout, update_url: str | None = None) -> 
         "lib/appsdk/banner": File(BANNER_SCRIPT, 0o755),
         "lib/systemd/system/appsdk-banner.service": File(BANNER_UNIT),
         "lib/systemd/system/appsdk-machine-id.service": File(MACHINE_ID_UNIT),
+        "lib/systemd/system/appsdk-identity.service": File(IDENTITY_UNIT),
         "lib/systemd/system-preset/00-appsdk.preset": File(PRESET),
     }
     for name, text in device_repart(layout).items():
@@ -182,7 +203,7 @@ def etc_files(app: Appliance) -> dict[str, File]:
     return files
 
 
-ENABLE_UNITS = ("appsdk-banner.service", "appsdk-machine-id.service")
+ENABLE_UNITS = ("appsdk-banner.service", "appsdk-machine-id.service", "appsdk-identity.service")
 UPDATE_TIMER = "systemd-sysupdate.timer"
 # Where systemd-pull looks for the keyring that SHA256SUMS.gpg must verify against.
 IMPORT_PUBRING = "lib/systemd/import-pubring.gpg"

@@ -64,3 +64,65 @@ def test_timeout_reports_last_output() -> None:
 
 def test_clean_strips_ansi_and_cr() -> None:
     assert clean(b"\x1b[0;1;39mOK\x1b[0m\r\n\x1b[?2004h$ ") == "OK\n$ "
+
+
+class LoginConsole:
+    """A getty then a shell: login prompt, password prompt, then marker-wrapped commands
+    answered with their echo and a kernel line in between (as a real serial console)."""
+
+    def __init__(self, password: str = "pw") -> None:
+        self.password = password
+        self.state = "booting"
+        self.pending = bytearray(b"[    3.1] systemd[1]: Started getty\r\n")
+        self.sent: list[str] = []
+
+    def write(self, data: bytes) -> None:
+        text = data.decode()
+        self.sent.append(text)
+        if self.state == "booting" and text == "\r":
+            self.state = "login"
+            self.pending += b"\r\nhello login: "
+        elif self.state == "login" and text == "admin\n":
+            self.state = "password"
+            self.pending += b"admin\r\nPassword: "
+        elif self.state == "password":
+            if text == self.password + "\n":
+                self.state = "shell"
+                self.pending += b"\r\n\x1b[?2004hadmin@hello:~$ "
+            else:
+                self.state = "login"
+                self.pending += b"\r\nLogin incorrect\r\nhello login: "
+        elif self.state == "shell" and "printf" in text:
+            self.pending += shell_like(text.rstrip("\n"), b"", 0,
+                                       b"[   12.3] random: crng init done\r\n")
+
+    def read(self, timeout: float) -> bytes:
+        out, self.pending = bytes(self.pending), bytearray()
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def test_attach_logs_in_through_getty_and_password() -> None:
+    console = LoginConsole()
+    shell = Shell(console, patience=0.1)
+    shell.attach(user="admin", password="pw", timeout=30)
+    assert console.state == "shell"
+    assert "admin\n" in console.sent and "pw\n" in console.sent
+    assert any("stty sane -echo" in s for s in console.sent)
+    assert shell.run("true")[0] == 0
+
+
+def test_attach_reports_a_wrong_password() -> None:
+    from appsdk.errors import AppsdkError
+
+    with pytest.raises(AppsdkError, match="login as 'admin' failed"):
+        Shell(LoginConsole(), patience=0.1).attach(user="admin", password="nope", timeout=30)
+
+
+def test_attach_without_password_when_asked_says_so() -> None:
+    from appsdk.errors import AppsdkError
+
+    with pytest.raises(AppsdkError, match="pass --password"):
+        Shell(LoginConsole(), patience=0.1).attach(user="admin", timeout=30)

@@ -1,0 +1,172 @@
+"""Serial-console provisioning against a booted hello device, through a proxy that behaves
+like a serial line (rate limit, dropped and flipped bytes). Boot 1: `appsdk provision
+serial` with a plan (identity, a 300 KB binary file, an ssh key, a credential, an update
+URL), then pushes over a noisy line. Boot 2 (a cold restart of the same disk): everything
+is still there and the hostname is in effect."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from lineproxy import LineProxy
+from vmlib import Vm, disk_copy, free_port, ovmf_vars
+
+import appsdk
+from appsdk.boards import load_board
+from appsdk.console import SerialConsole, Shell
+from appsdk.filepush import PushFailed, push_bytes
+from appsdk.qemu import VmSpec, qemu_argv
+
+GiB = 1024**3
+BANNER = r"appsdk: IMAGE_ID=hello IMAGE_VERSION=1.0 booted"
+
+PLAN = """\
+plan: 1
+hostname: hello-{serial}
+update_url: http://updates.example.com/{vars.channel}/
+authorized_keys: [factory.pub]
+credentials: {api-token: token.txt}
+files:
+  - {src: blob.bin, dest: /var/lib/hello/blob.bin, mode: "0600"}
+devices:
+  - serial: SN0042
+    vars: {channel: beta}
+  - serial: SN0043
+    hostname: lab-bench
+    vars: {channel: stable}
+"""
+
+
+def boot(disk: Path, vars_fd: Path, logs: Path, name: str) -> tuple[Vm, LineProxy]:
+    qemu_port = free_port()
+    spec = VmSpec(board=load_board("x86-uefi"), disk=disk, snapshot=False,
+                  serial_port=qemu_port, accel="tcg", no_reboot=True, vars_file=vars_fd)
+    proxy = LineProxy(qemu_port, seed=42)
+    return Vm(qemu_argv(spec), proxy.port, logs, name), proxy
+
+
+def reconnect(vm: Vm, proxy: LineProxy, logs: Path, name: str) -> Shell:
+    vm.console.close()
+    vm.console = SerialConsole(f"socket://127.0.0.1:{proxy.port}")
+    vm.shell = Shell(vm.console, log=logs / f"{name}.console.log")
+    return vm.shell
+
+
+@pytest.fixture(scope="module")
+def provisioned(hello_v1: appsdk.BuildResult, tmp_path_factory: pytest.TempPathFactory,
+                vm_logs: Path) -> dict[str, object]:
+    work = tmp_path_factory.mktemp("serial")
+    blob = os.urandom(300 * 1024)
+    (work / "blob.bin").write_bytes(blob)
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFactoryKeyForTestsOnly factory@bench\n"
+    (work / "factory.pub").write_text(key)
+    (work / "token.txt").write_bytes(b"s3cret-\x00-binary\n")
+    (work / "plan.yaml").write_text(PLAN)
+    disk = disk_copy(hello_v1.image, work / "disk.img", 6 * GiB)
+    vars_fd = ovmf_vars(work)
+    facts: dict[str, object] = {"blob": hashlib.sha256(blob).hexdigest(), "key": key}
+
+    vm, proxy = boot(disk, vars_fd, vm_logs, "serial-boot1")
+    try:
+        vm.shell.expect(BANNER, 300)
+        vm.console.close()  # the CLI opens the port itself, as on a bench
+        cli = subprocess.run(
+            [sys.executable, "-m", "appsdk.cli", "provision", "serial",
+             f"socket://127.0.0.1:{proxy.port}", str(work / "plan.yaml"), "--device", "SN0042",
+             "--json", "--log", str(vm_logs / "serial-provision.console.log")],
+            capture_output=True, text=True, timeout=600)
+        facts["cli_rc"], facts["cli_err"] = cli.returncode, cli.stderr[-3000:]
+        facts["report"] = json.loads(cli.stdout.strip().splitlines()[-1])
+
+        # A noisy line: bytes dropped and flipped both ways. The file must arrive intact.
+        sh = reconnect(vm, proxy, vm_logs, "serial-noisy")
+        sh.attach()
+        noisy = os.urandom(300 * 1024)
+        proxy.drop = proxy.flip = 2e-5
+        facts["noisy_push"] = push_bytes(sh, noisy, "/var/lib/hello/noisy.bin", line_rate=1e6)
+        facts["noise"] = (proxy.dropped, proxy.flipped)
+        # A line far too noisy: a clear failure, and no file under the name.
+        proxy.drop = 0.02
+        try:
+            push_bytes(sh, noisy, "/var/lib/hello/hopeless.bin", line_rate=1e6, max_failures=3)
+            facts["hopeless"] = "pushed?!"
+        except PushFailed as exc:
+            facts["hopeless"] = str(exc)
+        proxy.drop = proxy.flip = 0
+        sh.resync()
+        facts["noisy_on_device"] = sh.output("sha256sum /var/lib/hello/noisy.bin").split()[0]
+        facts["noisy_want"] = hashlib.sha256(noisy).hexdigest()
+        facts["hopeless_files"] = sh.output("ls /var/lib/hello/")
+        sh.send("sync; systemctl poweroff")
+        assert vm.wait_exit(120) == 0
+    finally:
+        vm.close()
+        proxy.close()
+
+    vm, proxy = boot(disk, vars_fd, vm_logs, "serial-boot2")
+    try:
+        sh = vm.shell
+        sh.expect(BANNER, 300)
+        sh.attach()
+        facts["hostname"] = sh.output("hostname")
+        facts["etc_hostname"] = sh.output("cat /etc/hostname")
+        facts["blob_after"] = sh.output("sha256sum /var/lib/hello/blob.bin").split()[0]
+        facts["blob_mode"] = sh.output("stat -c %a /var/lib/hello/blob.bin")
+        facts["keys_after"] = sh.output("cat /root/.ssh/authorized_keys")
+        facts["cred_after"] = sh.output("od -An -c /run/credstore/api-token | tr -s ' '")
+        facts["transfer"] = sh.output("grep ^Path=http /etc/sysupdate.d/50-usr.transfer")
+        facts["status"] = json.loads(sh.output("appsdk-status --json"))
+        sh.send("systemctl poweroff")
+        vm.wait_exit(120)
+    finally:
+        vm.close()
+        proxy.close()
+    return facts
+
+
+def test_cli_provisions_from_a_plan(provisioned: dict[str, object]) -> None:
+    assert provisioned["cli_rc"] == 0, provisioned["cli_err"]
+    report = provisioned["report"]
+    assert isinstance(report, dict)
+    assert report["result"] == "ok" and report["serial"] == "SN0042"
+    assert report["hostname"] == "hello-SN0042"
+    assert report["status"]["hostname"] == "hello-SN0042"
+    assert report["status"]["serial"] == "SN0042"
+    assert report["status"]["running"] == "1.0"
+    blob = next(f for f in report["files"] if f["dest"] == "/var/lib/hello/blob.bin")
+    assert blob["sha256"] == provisioned["blob"] and blob["bytes"] == 300 * 1024
+
+
+def test_identity_and_files_survive_a_reboot(provisioned: dict[str, object]) -> None:
+    assert provisioned["hostname"] == "hello-SN0042"
+    assert provisioned["etc_hostname"] == "hello-SN0042"
+    assert provisioned["blob_after"] == provisioned["blob"]
+    assert provisioned["blob_mode"] == "600"
+    assert provisioned["keys_after"] == str(provisioned["key"]).strip()
+    assert provisioned["cred_after"] == "s 3 c r e t - \\0 - b i n a r y \\n"
+    assert provisioned["transfer"] == "Path=http://updates.example.com/beta/"
+    status = provisioned["status"]
+    assert isinstance(status, dict)
+    assert status["hostname"] == "hello-SN0042" and status["serial"] == "SN0042"
+
+
+def test_noisy_line_still_delivers_the_right_bytes(provisioned: dict[str, object]) -> None:
+    dropped, flipped = provisioned["noise"]  # type: ignore[misc]
+    assert dropped + flipped > 0, "the proxy did not disturb anything: the test proves nothing"
+    push = provisioned["noisy_push"]
+    assert push.retries > 0  # type: ignore[attr-defined]
+    assert push.sha256 == provisioned["noisy_want"]  # type: ignore[attr-defined]
+    assert provisioned["noisy_on_device"] == provisioned["noisy_want"]
+
+
+def test_hopeless_line_fails_clearly_and_installs_nothing(
+        provisioned: dict[str, object]) -> None:
+    assert "gave up after 3 failed chunks" in str(provisioned["hopeless"]) or \
+        "stopped answering" in str(provisioned["hopeless"])
+    assert "hopeless.bin" not in str(provisioned["hopeless_files"])
