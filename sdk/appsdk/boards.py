@@ -45,8 +45,9 @@ class Board:
     initrd_modules: tuple[str, ...]
     console: str
     watchdog: Watchdog | None
-    firmware: tuple[str, ...]
-    config_txt: tuple[str, ...]
+    # Per firmware chain ("common" applies to all): ESP path -> "component:file" | "dtb:path"
+    esp_files: dict[str, tuple[tuple[str, str], ...]]
+    config_txt: dict[str, tuple[str, ...]]
     disk_devices: tuple[str, ...]
     emulator: Emulator | None
     complete: bool
@@ -87,11 +88,36 @@ def load_board(name: str, directory: Path | None = None) -> Board:
     return load_board_file(path)
 
 
+def _chains(top: Reader, key: str, options: tuple[str, ...]) -> Reader:
+    return top.sub(key, {"common", *options})
+
+
+def _per_chain_files(top: Reader,
+                     options: tuple[str, ...]) -> dict[str, tuple[tuple[str, str], ...]]:
+    out = {}
+    chains = _chains(top, "esp_files", options)
+    for chain in chains.data:
+        files = chains.sub(chain, set(chains.raw(chain) or {}))
+        pairs = []
+        for dest in sorted(files.data):
+            source = files.text(dest, pattern=r"(dtb|[a-z0-9][a-z0-9.+-]*):[\w./+-]+",
+                                what="component:file or dtb:path")
+            pairs.append((str(dest), source))
+        out[str(chain)] = tuple(pairs)
+    return out
+
+
+def _per_chain_lines(top: Reader, options: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    chains = _chains(top, "config_txt", options)
+    return {str(chain): chains.texts(chain, pattern=r"[a-z_0-9]+=\S.*", what="key=value")
+            for chain in chains.data}
+
+
 def load_board_file(path: Path) -> Board:
     src = load(path)
     top = Reader(src, (), src.data, {
         "name", "description", "arch", "firmware_chain", "firmware_options", "kernel_package",
-        "initrd_modules", "console", "watchdog", "firmware", "config_txt", "disk_devices",
+        "initrd_modules", "console", "watchdog", "esp_files", "config_txt", "disk_devices",
         "emulator", "complete",
     })
     name = top.text("name", pattern=r"[a-z0-9][a-z0-9-]*", what="a board name")
@@ -139,8 +165,8 @@ def load_board_file(path: Path) -> Board:
         initrd_modules=top.texts("initrd_modules"),
         console=top.text("console"),
         watchdog=watchdog,
-        firmware=top.texts("firmware"),
-        config_txt=top.texts("config_txt"),
+        esp_files=_per_chain_files(top, options),
+        config_txt=_per_chain_lines(top, options),
         disk_devices=top.texts("disk_devices"),
         emulator=emulator,
         complete=top.flag("complete", True),

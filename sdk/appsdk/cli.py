@@ -160,6 +160,27 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--log", type=Path, help="write the console transcript here")
     sp.add_argument("--json", action="store_true", help="the report as JSON")
 
+    p = sub.add_parser("firmware", help="pinned firmware: list, fetch and verify",
+                       description="Firmware components are pinned by manifests in firmware/ "
+                       "(Debian package, exact version, sha256). `fetch` downloads into the "
+                       "cache (or copies from --offline DIR), verifies the sha256 before use "
+                       "and unpacks the files the boards need.")
+    fw = p.add_subparsers(dest="firmware_command", required=True, metavar="ACTION")
+    f = fw.add_parser("list", help="the pinned components")
+    f.add_argument("--json", action="store_true")
+    f = fw.add_parser("fetch", help="download (or copy), verify and unpack")
+    f.add_argument("names", nargs="*", metavar="COMPONENT", help="default: all")
+    f.add_argument("--offline", type=Path, metavar="DIR",
+                   help="take the .deb files from DIR instead of the network")
+    f.add_argument("--mirror", metavar="URL", help="Debian mirror (default: deb.debian.org)")
+    f.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("inspect", help="what an image or build contains",
+                       description="Partitions, ESP files, board, image id and version, and "
+                       "the UKI's kernel command line of a build directory or disk image.")
+    p.add_argument("target", type=Path, metavar="IMAGE|BUILD_DIR")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("run", help="boot an image in QEMU",
                        description="Boot a built image in QEMU (KVM if it works, else TCG). "
                        "The image is not modified: writes go to a snapshot unless --disk or "
@@ -490,6 +511,53 @@ def cmd_provision_serial(args: argparse.Namespace) -> int:
     return 0 if report.ok else 9
 
 
+def cmd_firmware(args: argparse.Namespace) -> int:
+    from . import firmware
+
+    manifests = firmware.load_manifests()
+    if args.firmware_command == "list":
+        rows = [{"name": m.name, "version": m.version, "sha256": m.sha256,
+                 "source": m.pool_path, "files": [n for n, _ in m.files], "license": m.license}
+                for m in manifests.values()]
+        if args.json:
+            _print_json(rows)
+        else:
+            for r in rows:
+                print(f"{r['name']:<18} {r['version']:<22} {r['sha256'][:16]}...  "
+                      f"{', '.join(r['files'])}")
+        return 0
+    out = firmware.fetch(args.names or None, mirror=args.mirror, offline=args.offline,
+                         manifests=manifests)
+    if args.json:
+        _print_json({name: str(path) for name, path in out.items()})
+    else:
+        for name, path in out.items():
+            print(f"{name} {manifests[name].version}: verified, in {path}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect import inspect
+
+    info = inspect(args.target)
+    if args.json:
+        _print_json(info)
+        return 0
+    print(f"image:     {info['id']} {info['version']}  (board {info['board']})")
+    print(f"disk:      {info['image_size']} bytes, GPT {info['disk_guid']}")
+    for p in info["partitions"]:
+        print(f"  {p['label']:<14} {p['type']:<22} offset {p['offset']:>12}  "
+              f"size {p['size']:>12}")
+    print("ESP files:")
+    for f in info["esp_files"]:
+        print(f"  {f['path']:<40} {f['size']:>10}  {f['sha256'][:16]}...")
+    print(f"cmdline:   {info['cmdline']}")
+    print(f"systemd-boot: {info['systemd_boot'] or '-'}")
+    for name, fw in info["firmware"].items():
+        print(f"firmware:  {name} {fw['version']} (sha256 {fw['sha256'][:16]}...)")
+    return 0
+
+
 def cmd_provision(args: argparse.Namespace) -> int:
     if args.provision_command == "serial":
         return cmd_provision_serial(args)
@@ -508,6 +576,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "firmware": cmd_firmware,
+    "inspect": cmd_inspect,
     "devices": cmd_devices,
     "flash": cmd_flash,
     "verify": cmd_verify,

@@ -227,16 +227,19 @@ def update_files(update_dir: Path) -> list[Path]:
     return [update_dir / n for n in names] + [sums, update_dir / "SHA256SUMS.gpg"]
 
 
-# On the device: the image's transfer definitions with the pushed directory as source.
-# systemd-pull reads file:// URLs like http:// ones, so SHA256SUMS.gpg is verified against
-# the image's keyring exactly as for a download.
-LOCAL_UPDATE = (
-    "rm -rf /run/appsdk-local-update.d && mkdir -p /run/appsdk-local-update.d && "
-    "for t in /usr/lib/sysupdate.d/*.transfer; do "
-    f"sed 's|^Path=https\\?://.*|Path=file://{UPDATES}/|' \"$t\" "
-    "> /run/appsdk-local-update.d/${t##*/}; done && "
-    "/usr/lib/systemd/systemd-sysupdate --definitions=/run/appsdk-local-update.d update"
-)
+def install_local_update(shell: Shell, directory: str = UPDATES) -> str:
+    """Install the update whose SHA256SUMS, signature and artifacts are in `directory` on
+    the device: the image's own transfer definitions, with file://DIRECTORY/ as source.
+    systemd-pull reads file:// URLs like http:// ones, so SHA256SUMS.gpg is verified
+    against the image's keyring exactly as for a download. Returns sysupdate's output."""
+    defs = "/run/appsdk-local-update.d"
+    command = (
+        f"rm -rf {defs} && mkdir -p {defs} && "
+        "for t in /usr/lib/sysupdate.d/*.transfer; do "
+        f"sed 's|^Path=https\\?://.*|Path=file://{directory.rstrip('/')}/|' \"$t\" "
+        f"> {defs}/${{t##*/}}; done && "
+        f"/usr/lib/systemd/systemd-sysupdate --no-pager --definitions={defs} update 2>&1")
+    return run_checked(shell, command, timeout=900, attempts=1)
 
 
 def provision_serial(port: str, plan: DevicePlan, *, baud: int = 115200,
@@ -272,7 +275,7 @@ def provision_serial(port: str, plan: DevicePlan, *, baud: int = 115200,
         run_checked(shell, "/usr/lib/appsdk/appsdk-identity")
         if update_dir is not None:
             reporter.emit(Event("stage-start", "update", "systemd-sysupdate from pushed files"))
-            report.update = run_checked(shell, LOCAL_UPDATE, timeout=900, attempts=1)[-2000:]
+            report.update = install_local_update(shell)[-2000:]
             run_checked(shell, f"rm -rf {UPDATES}")
         report.status = read_status(shell)
         if plan.hostname and report.status.get("hostname") != plan.hostname:

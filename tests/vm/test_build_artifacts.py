@@ -63,6 +63,30 @@ def test_sfdisk_reads_the_gpt(hello_v1: appsdk.BuildResult) -> None:
     assert parts[2]["size"] * 512 == 16 * 1024**2
 
 
+def test_inspect_reads_back_what_the_build_recorded(hello_v1: appsdk.BuildResult) -> None:
+    """`appsdk inspect` on the bare image (GPT parsed by us, ESP read with mtools) agrees
+    with build.json and with sfdisk."""
+    from appsdk.inspect import inspect
+
+    record = appsdk.load_build(hello_v1.output)
+    bare = inspect(hello_v1.image)
+    assert (bare["id"], bare["version"]) == ("hello", "1.0")
+    assert bare["cmdline"] == record["cmdline"]
+    assert [f["path"] for f in bare["esp_files"]] == record["esp_files"]
+    assert [(p["label"], p["type"], p["offset"], p["size"], p["uuid"])
+            for p in bare["partitions"]] == [
+        (p["label"], p["type"], p["offset"], p["size"], p["uuid"])
+        for p in record["partitions"]]
+    assert bare["systemd_boot"].startswith("systemd-boot 257")
+    dump = json.loads(subprocess.run(["sfdisk", "--json", str(hello_v1.image)], check=True,
+                                     capture_output=True, text=True).stdout)
+    assert bare["disk_guid"].upper() == dump["partitiontable"]["id"]
+    cli = subprocess.run([sys.executable, "-m", "appsdk.cli", "inspect",
+                          str(hello_v1.output), "--json"], capture_output=True, text=True,
+                         check=True)
+    assert json.loads(cli.stdout)["board"] == "x86-uefi"
+
+
 def test_bmaptool_copies_with_our_bmap(hello_v1: appsdk.BuildResult, tmp_path: Path) -> None:
     if shutil.which("bmaptool") is None:
         pytest.fail("bmaptool (bmap-tools) is needed as the oracle")

@@ -18,10 +18,14 @@ from lineproxy import LineProxy
 from vmlib import Vm, disk_copy, free_port, ovmf_vars
 
 import appsdk
+from appsdk import keys as appsdk_keys
 from appsdk.boards import load_board
 from appsdk.console import SerialConsole, Shell
 from appsdk.filepush import PushFailed, push_bytes
+from appsdk.provision_serial import install_local_update
 from appsdk.qemu import VmSpec, qemu_argv
+from appsdk.release import release
+from appsdk.runner import Runner
 
 GiB = 1024**3
 BANNER = r"appsdk: IMAGE_ID=hello IMAGE_VERSION=1.0 booted"
@@ -170,3 +174,48 @@ def test_hopeless_line_fails_clearly_and_installs_nothing(
     assert "gave up after 3 failed chunks" in str(provisioned["hopeless"]) or \
         "stopped answering" in str(provisioned["hopeless"])
     assert "hopeless.bin" not in str(provisioned["hopeless_files"])
+
+
+def test_update_installs_from_files_on_the_device(
+        hello_v1: appsdk.BuildResult, hello_v2: appsdk.BuildResult,
+        signing_key: appsdk_keys.SigningKey, tmp_path: Path, vm_logs: Path) -> None:
+    """The on-device half of `provision serial --update`: artifacts already on the device
+    (here on a second disk, since pushing 130 MB over an emulated UART takes most of an
+    hour) are installed by systemd-sysupdate from file://, signature checked, and the
+    device then boots the new version."""
+    rel = release(tmp_path / "rel", [hello_v2.output], signing_key, Runner()).directory
+    updates = tmp_path / "updates.img"
+    subprocess.run(["mkfs.ext4", "-q", "-L", "updates", "-d", str(rel), str(updates), "400M"],
+                   check=True)
+    disk = disk_copy(hello_v1.image, tmp_path / "disk.img", 6 * GiB)
+    vars_fd = ovmf_vars(tmp_path)
+    extra = ["-drive", f"if=none,id=upd,format=raw,readonly=on,file={updates}",
+             "-device", "virtio-blk-pci,drive=upd"]
+
+    def start(name: str) -> Vm:
+        port = free_port()
+        spec = VmSpec(board=load_board("x86-uefi"), disk=disk, snapshot=False,
+                      serial_port=port, accel="tcg", no_reboot=True, vars_file=vars_fd)
+        return Vm(qemu_argv(spec) + extra, port, vm_logs, name)
+
+    vm = start("serial-update1")
+    try:
+        vm.shell.expect(BANNER, 300)
+        vm.shell.attach()
+        vm.shell.output("mkdir -p /mnt/upd && mount -o ro LABEL=updates /mnt/upd")
+        out = install_local_update(vm.shell, "/mnt/upd")
+        vm.shell.send("umount /mnt/upd; sync; systemctl poweroff")
+        vm.wait_exit(120)
+    finally:
+        vm.close()
+    assert "Pulling 'file:///mnt/upd/SHA256SUMS'" in out
+    assert "Signature verification succeeded." in out
+    assert "Successfully installed update '2.0'." in out
+
+    vm = start("serial-update2")
+    try:
+        version = vm.shell.expect(r"appsdk: IMAGE_ID=hello IMAGE_VERSION=(\S+) booted",
+                                  300).group(1)
+    finally:
+        vm.close()
+    assert version == "2.0"

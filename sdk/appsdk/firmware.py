@@ -1,0 +1,203 @@
+"""Pinned firmware: one manifest per component in firmware/ (source, exact version,
+sha256), fetched into a cache and verified before anything is taken from it.
+
+Sources are Debian packages (a path in the archive's pool): the mirror defaults to
+deb.debian.org and can be overridden (APPSDK_FIRMWARE_MIRROR or `mirror=`); an offline
+directory (APPSDK_FIRMWARE_DIR or `offline=`) holding the same files by name is used
+instead of the network. A file whose sha256 differs from the manifest is never used."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cache import cache_root
+from .errors import AppsdkError, ConfigError
+from .fields import Reader
+from .runner import Runner
+from .yamlsrc import load
+
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+SHA256 = r"[0-9a-f]{64}"
+
+
+class FirmwareMismatch(AppsdkError):
+    exit_code = 10
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    pool_path: str  # relative to a Debian mirror
+    sha256: str
+    license: str
+    files: tuple[tuple[str, str], ...]  # (name in our tree, path inside the package)
+    elf: tuple[str, ...]  # names that must be sane ELF files
+    source: Path
+
+    @property
+    def filename(self) -> str:
+        return self.pool_path.rsplit("/", 1)[-1]
+
+
+def firmware_dir() -> Path:
+    env = os.environ.get("APPSDK_FIRMWARE_MANIFESTS")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent.parent / "firmware", here / "data" / "firmware"):
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError("no firmware/ manifest directory found",
+                      hint="set APPSDK_FIRMWARE_MANIFESTS")
+
+
+def load_manifest(path: Path) -> Manifest:
+    src = load(path)
+    top = Reader(src, (), src.data, {"name", "version", "debian", "sha256", "license",
+                                     "files", "elf"})
+    name = top.text("name", pattern=r"[a-z0-9][a-z0-9.+-]*", what="a package name")
+    if name != path.stem:
+        raise src.error(("name",), f"must match the file name ({path.stem!r})")
+    pool = top.text("debian", pattern=r"pool/[\w/.+~-]+\.deb", what="a pool/... .deb path")
+    files = top.sub("files", set(top.raw("files") or {}))
+    if not files.data:
+        raise src.error(("files",), "must name at least one file to take from the package")
+    pairs = tuple((str(k), files.text(k)) for k in sorted(files.data))
+    elf = top.texts("elf")
+    for index, item in enumerate(elf):
+        if item not in dict(pairs):
+            raise src.error(("elf", index), f"{item!r} is not one of the files")
+    return Manifest(name=name, version=top.text("version"), pool_path=pool,
+                    sha256=top.text("sha256", pattern=SHA256, what="a lowercase sha256"),
+                    license=top.text("license", ""), files=pairs, elf=elf, source=path)
+
+
+def load_manifests(directory: Path | None = None) -> dict[str, Manifest]:
+    directory = directory or firmware_dir()
+    return {p.stem: load_manifest(p) for p in sorted(directory.glob("*.yaml"))}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download(url: str, target: Path) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, target.open("wb") as out:
+            shutil.copyfileobj(response, out)
+    except (urllib.error.URLError, OSError) as exc:
+        raise AppsdkError(f"cannot download {url}: {exc}",
+                          hint="set APPSDK_FIRMWARE_MIRROR to a reachable Debian mirror, or "
+                          "APPSDK_FIRMWARE_DIR to a directory holding the .deb files") from None
+
+
+def fetch_package(m: Manifest, mirror: str | None = None, offline: Path | None = None) -> Path:
+    """The verified .deb of a manifest, from the cache, the offline dir or the mirror."""
+    cached = cache_root() / "firmware" / m.sha256 / m.filename
+    if cached.is_file() and _sha256(cached) == m.sha256:
+        return cached
+    offline = offline or (Path(os.environ["APPSDK_FIRMWARE_DIR"])
+                          if os.environ.get("APPSDK_FIRMWARE_DIR") else None)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cached.parent, delete=False) as tmp:
+        partial = Path(tmp.name)
+    try:
+        if offline is not None:
+            origin = str(offline / m.filename)
+            if not (offline / m.filename).is_file():
+                raise AppsdkError(f"{m.filename} is not in the offline directory {offline}",
+                                  hint=f"copy it there from {DEFAULT_MIRROR}/{m.pool_path}")
+            shutil.copyfile(offline / m.filename, partial)
+        else:
+            base = (mirror or os.environ.get("APPSDK_FIRMWARE_MIRROR") or DEFAULT_MIRROR)
+            origin = f"{base.rstrip('/')}/{m.pool_path}"
+            _download(origin, partial)
+        got = _sha256(partial)
+        if got != m.sha256:
+            raise FirmwareMismatch(
+                f"firmware {m.name} {m.version}: {origin} has sha256 {got}, the manifest "
+                f"{m.source} pins {m.sha256}; refusing to use it",
+                hint="a mirror serving another build, a truncated download or a tampered "
+                "file. If the package was really rebuilt, review it and update the manifest "
+                "(version and sha256) in one reviewed change.")
+        partial.rename(cached)
+    finally:
+        partial.unlink(missing_ok=True)
+    return cached
+
+
+def check_elf(path: Path) -> str:
+    """Refuse a file that claims to be ELF firmware but is not a complete ELF image
+    (truncated download, an HTML error page, a wrong file). Returns a one-line summary."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        with path.open("rb") as f:
+            elf = ELFFile(f)
+            size = path.stat().st_size
+            segments = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
+            if not segments:
+                raise FirmwareMismatch(f"{path.name}: ELF file without loadable segments")
+            for s in segments:
+                if s["p_offset"] + s["p_filesz"] > size:
+                    raise FirmwareMismatch(f"{path.name}: a segment ends past the end of the "
+                                           "file (truncated?)")
+            return (f"{path.name}: ELF{elf.elfclass} machine {elf['e_machine']}, "
+                    f"{len(segments)} loadable segments, entry {elf['e_entry']:#x}")
+    except ELFError as exc:
+        raise FirmwareMismatch(f"{path.name}: not a valid ELF file ({exc})") from None
+
+
+def extract(m: Manifest, deb: Path, target: Path, runner: Runner) -> dict[str, Path]:
+    """Take the manifest's files out of the verified package into `target`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        runner.run(["dpkg-deb", "-x", deb, tmp])
+        out = {}
+        for name, inside in m.files:
+            src = Path(tmp) / inside.lstrip("/")
+            if not src.is_file():
+                raise FirmwareMismatch(f"firmware {m.name} {m.version}: {inside} is not in "
+                                       f"{deb.name}", hint=f"fix files: in {m.source}")
+            dest = target / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+            out[name] = dest
+    for name in m.elf:
+        check_elf(out[name])
+    return out
+
+
+def fetch(names: list[str] | None = None, runner: Runner | None = None,
+          mirror: str | None = None, offline: Path | None = None,
+          manifests: dict[str, Manifest] | None = None) -> dict[str, Path]:
+    """Fetch, verify and unpack components into the cache; returns {component: dir}."""
+    runner = runner or Runner()
+    manifests = manifests or load_manifests()
+    wanted = names or sorted(manifests)
+    out = {}
+    for name in wanted:
+        if name not in manifests:
+            raise ConfigError(f"no firmware manifest {name!r}",
+                              hint="known: " + ", ".join(sorted(manifests)))
+        m = manifests[name]
+        unpacked = cache_root() / "firmware" / m.sha256 / "files"
+        if not (unpacked / ".complete").exists():
+            deb = fetch_package(m, mirror, offline)
+            shutil.rmtree(unpacked, ignore_errors=True)
+            extract(m, deb, unpacked, runner)
+            (unpacked / ".complete").touch()
+        out[name] = unpacked
+    return out
