@@ -4,13 +4,12 @@ read-back verification) vs `dd bs=4M oflag=direct` of the whole image vs `bmapto
 (bmap writes, checksums while reading the image, no read-back). Prints times and ratios;
 asserts nothing. Needs root.
 
-    python3 bench/flash_speed.py BUILD_DIR|IMAGE [--device-size 8G] [--rounds 2]
+    python3 bench/flash_speed.py BUILD_DIR|IMAGE [--device-size 8G] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="build directory or image with .bmap")
     parser.add_argument("--device-size", default="8G")
-    parser.add_argument("--rounds", type=int, default=2, help="best of N per tool")
+    parser.add_argument("--rounds", type=int, default=5, help="runs per tool (best and median)")
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO / "sdk"))
@@ -60,7 +59,10 @@ def main() -> None:
     finally:
         subprocess.run(["losetup", "-d", dev], check=False)
         backing.unlink()
+    import statistics
+
     best = {k: min(v) for k, v in times.items()}
+    median = {k: statistics.median(v) for k, v in times.items()}
     figures = {
         "image_mb": round(source.bmap.image_size / 1e6, 1),
         "mapped_mb": round(source.bmap.mapped_bytes / 1e6, 1),
@@ -69,13 +71,14 @@ def main() -> None:
         "appsdk_flash_with_verify_s": round(best["appsdk"], 2),
         "appsdk_over_dd": round(best["appsdk"] / best["dd"], 3),
         "appsdk_over_bmaptool": round(best["appsdk"] / best["bmaptool"], 3),
+        "median_appsdk_over_dd": round(median["appsdk"] / median["dd"], 3),
+        "median_appsdk_over_bmaptool": round(median["appsdk"] / median["bmaptool"], 3),
         "goal": "appsdk <= 0.35x dd and <= 1.1x bmaptool",
         "all_runs_s": {k: [round(x, 2) for x in v] for k, v in times.items()},
     }
-    print(json.dumps(figures, indent=2))
-    out = REPO / "bench/results"
-    out.mkdir(exist_ok=True)
-    (out / "flash_speed.json").write_text(json.dumps(figures, indent=2) + "\n")
+    from results_file import report
+
+    report("flash_speed", figures)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ status). Boots the given build once in QEMU (TCG). Prints; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -86,10 +85,9 @@ def main() -> None:
         "provision_ok": report.ok,
         "provision_error": report.error,
     }
-    print(json.dumps(figures, indent=2))
-    out = REPO / "bench/results"
-    out.mkdir(exist_ok=True)
-    (out / "serial_push.json").write_text(json.dumps(figures, indent=2) + "\n")
+    from results_file import report
+
+    report("serial_push", figures)
 
 
 if __name__ == "__main__":

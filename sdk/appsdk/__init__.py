@@ -14,10 +14,11 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .boards import Board, list_boards, load_board
+    from .buildinfo import load_build
     from .config import Appliance, load_appliance
     from .errors import AppsdkError, ConfigError
     from .flash import FlashResult, open_source, verify_device
-    from .pipeline import BuildResult, build, load_build
+    from .pipeline import BuildResult, build
 
 _WHERE = {
     "Board": "boards", "list_boards": "boards", "load_board": "boards",
@@ -25,7 +26,7 @@ _WHERE = {
     "AppsdkError": "errors", "ConfigError": "errors",
     # Not `flash` itself: the name is the submodule (appsdk.flash.flash).
     "FlashResult": "flash", "open_source": "flash", "verify_device": "flash",
-    "BuildResult": "pipeline", "build": "pipeline", "load_build": "pipeline",
+    "BuildResult": "pipeline", "build": "pipeline", "load_build": "buildinfo",
 }
 
 

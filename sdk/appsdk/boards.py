@@ -3,10 +3,10 @@ capabilities (firmware chain, watchdog, emulator), never for its name."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .datadirs import data_dir
 from .errors import ConfigError
 from .fields import Reader
 from .yamlsrc import load
@@ -64,14 +64,7 @@ class Board:
 
 def boards_dir() -> Path:
     """boards/ of the source tree, or the copy installed with the package."""
-    env = os.environ.get("APPSDK_BOARDS_DIR")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent.parent / "boards", here / "data" / "boards"):
-        if candidate.is_dir():
-            return candidate
-    raise ConfigError("no boards/ directory found", hint="set APPSDK_BOARDS_DIR")
+    return data_dir("boards", "APPSDK_BOARDS_DIR")
 
 
 def list_boards(directory: Path | None = None) -> list[Board]:

@@ -304,8 +304,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def cmd_release(args: argparse.Namespace) -> int:
     from . import keys
+    from .buildinfo import load_build
     from .keys import default_dir
-    from .pipeline import load_build
     from .release import release
     from .runner import Runner
 
@@ -335,7 +335,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .boards import load_board
-    from .pipeline import load_build
+    from .buildinfo import load_build
     from .qemu import (
         VmSpec,
         emulator_of,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import cache_root
+from .datadirs import data_dir
 from .errors import AppsdkError, ConfigError
 from .fields import Reader
 from .runner import Runner
@@ -48,15 +49,7 @@ class Manifest:
 
 
 def firmware_dir() -> Path:
-    env = os.environ.get("APPSDK_FIRMWARE_MANIFESTS")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent.parent / "firmware", here / "data" / "firmware"):
-        if candidate.is_dir():
-            return candidate
-    raise ConfigError("no firmware/ manifest directory found",
-                      hint="set APPSDK_FIRMWARE_MANIFESTS")
+    return data_dir("firmware", "APPSDK_FIRMWARE_MANIFESTS")
 
 
 def load_manifest(path: Path) -> Manifest:

@@ -61,7 +61,7 @@ class FlashResult:
 def open_source(path: Path) -> Source:
     """A build directory (build.json names image, bmap and board) or an image file (its
     .bmap beside it if present, else one computed from the file's holes)."""
-    from .pipeline import load_build
+    from .buildinfo import load_build
 
     record: dict[str, Any] | None
     if path.is_dir():
@@ -314,6 +314,9 @@ def flash(source: Source, device: str | Path, *, board: str | None = None,
     reporter.emit(Event("stage-done", "write", f"{w.written / MiB:.0f} MiB", write_seconds))
     digest, verify_seconds = "", 0.0
     if verify:
+        # After the whole write, not behind it: measured here, a reader thread hashing
+        # close behind the writer was slower on two cores (sha256 and the writer's copies
+        # compete), and on a card reads and writes share one bus anyway.
         try:
             digest, verify_seconds = verify_device(source, dev, reporter)
         except VerifyFailed:
@@ -336,6 +339,56 @@ def _invalidate(dev: BlockDevice) -> None:
         os.close(fd)
 
 
+def _range_extent(source: Source, index: int) -> Extent:
+    r, bs = source.bmap.ranges[index], source.bmap.block_size
+    return Extent(r.first * bs, min((r.last + 1) * bs, source.bmap.image_size) - r.first * bs)
+
+
+def _hash_ranges(fd: int, source: Source, indices: list[int], align: int,
+                 meter: _Meter | None = None) -> dict[int, str]:
+    """sha256 of each range as read from `fd`, reading ahead across range boundaries."""
+    chunks = [(i, c) for i in indices for c in _split([_range_extent(source, i)])]
+    out: dict[int, str] = {}
+    digest, current = hashlib.sha256(), None
+    for (i, _), (c, view) in zip(chunks, _read_ahead(fd, [c for _, c in chunks], align),
+                                 strict=True):
+        if i != current:
+            if current is not None:
+                out[current] = digest.hexdigest()
+            digest, current = hashlib.sha256(), i
+        digest.update(view[:c.length])
+        if meter:
+            meter.add(c.length)
+    if current is not None:
+        out[current] = digest.hexdigest()
+    return out
+
+
+def _judge(source: Source, dev: BlockDevice, got: dict[int, str]) -> str:
+    """Raise VerifyFailed naming the ranges that differ; else the device digest."""
+    ranges, bs = source.bmap.ranges, source.bmap.block_size
+    bad = [f"blocks {r.first}-{r.last} (bytes {r.first * bs}-"
+           f"{_range_extent(source, i).offset + _range_extent(source, i).length - 1})"
+           for i, r in enumerate(ranges) if got.get(i) != r.sha256]
+    if bad:
+        raise VerifyFailed(
+            f"verification FAILED on {dev.path}: {len(bad)} of {len(ranges)} "
+            f"mapped ranges differ from the image: {', '.join(bad[:5])}"
+            + (" ..." if len(bad) > 5 else ""),
+            hint="the medium may be failing or counterfeit; try another card")
+    whole = hashlib.sha256()
+    for i in range(len(ranges)):
+        whole.update(bytes.fromhex(got[i]))
+    return whole.hexdigest()
+
+
+def _open_for_reading(dev: BlockDevice) -> int:
+    try:
+        return os.open(dev.path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError as exc:
+        raise VerifyFailed(f"cannot open {dev.path} to verify: {exc.strerror}") from None
+
+
 def verify_device(source: Source, device: BlockDevice | str | Path,
                   reporter: Reporter | None = None) -> tuple[str, float]:
     """Read every mapped range back with O_DIRECT and compare with the bmap's checksums.
@@ -345,51 +398,19 @@ def verify_device(source: Source, device: BlockDevice | str | Path,
     reporter = reporter or NullReporter()
     dev = device if isinstance(device, BlockDevice) else probe(device)
     align = _logical_block_size(dev)
-    bs = source.bmap.block_size
     total = source.bmap.mapped_bytes
     reporter.emit(Event("stage-start", "verify", f"reading back {total / MiB:.0f} MiB"))
-    meter = _Meter(reporter, "verify", total)
     start = time.monotonic()
-    ranges = source.bmap.ranges
-    ends = [min((r.last + 1) * bs, source.bmap.image_size) for r in ranges]
-    # One chunk list for all ranges, so reading runs ahead across range boundaries.
-    chunks = [(i, c) for i, r in enumerate(ranges)
-              for c in _split([Extent(r.first * bs, ends[i] - r.first * bs)])]
-    whole = hashlib.sha256()
-    bad: list[str] = []
+    fd = _open_for_reading(dev)
     try:
-        fd = os.open(dev.path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
-    except OSError as exc:
-        raise VerifyFailed(f"cannot open {dev.path} to verify: {exc.strerror}") from None
-    try:
-        digest, current = hashlib.sha256(), 0
-        for (i, _), (c, view) in zip(chunks, _read_ahead(fd, [c for _, c in chunks], align),
-                                     strict=True):
-            if i != current:
-                bad += _check(ranges[current], digest.hexdigest(), bs, ends[current], whole)
-                digest, current = hashlib.sha256(), i
-            digest.update(view[:c.length])
-            meter.add(c.length)
-        if chunks:
-            bad += _check(ranges[current], digest.hexdigest(), bs, ends[current], whole)
+        got = _hash_ranges(fd, source, list(range(len(source.bmap.ranges))), align,
+                           _Meter(reporter, "verify", total))
     finally:
         os.close(fd)
+    digest = _judge(source, dev, got)
     seconds = time.monotonic() - start
-    if bad:
-        raise VerifyFailed(
-            f"verification FAILED on {dev.path}: {len(bad)} of {len(ranges)} "
-            f"mapped ranges differ from the image: {', '.join(bad[:5])}"
-            + (" ..." if len(bad) > 5 else ""),
-            hint="the medium may be failing or counterfeit; try another card")
     reporter.emit(Event("stage-done", "verify", "all mapped ranges match", seconds))
-    return whole.hexdigest(), seconds
-
-
-def _check(r: bmapfile.Range, got: str, bs: int, end: int, whole: Any) -> list[str]:
-    whole.update(bytes.fromhex(got))
-    if got == r.sha256:
-        return []
-    return [f"blocks {r.first}-{r.last} (bytes {r.first * bs}-{end - 1})"]
+    return digest, seconds
 
 
 def image_digest(source: Source) -> str:

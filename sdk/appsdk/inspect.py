@@ -82,7 +82,7 @@ def _osrel(text: str) -> dict[str, str]:
 
 def inspect(target: Path, runner: Runner | None = None) -> dict[str, Any]:
     from . import pe
-    from .pipeline import load_build
+    from .buildinfo import load_build
 
     runner = runner or Runner()
     record: dict[str, Any] | None = None

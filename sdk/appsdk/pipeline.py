@@ -13,6 +13,7 @@ from typing import Any
 
 from . import __version__, bmap, keys
 from .boards import Board, load_board
+from .buildinfo import BUILD_JSON, load_build
 from .config import Appliance, load_appliance
 from .digest import sha256_file
 from .errors import ConfigError
@@ -28,8 +29,6 @@ from .stages.uki import build_uki
 from .stages.update import SUMS, build_update_files, update_names
 from .stages.usrimage import build_usr_image, build_verity
 from .tools import ToolsTree, ensure_tools
-
-BUILD_JSON = "build.json"
 
 
 @dataclass(frozen=True)
@@ -195,12 +194,4 @@ def build_record(result: BuildResult, board: Board, app: Appliance, kernel_versi
     }
 
 
-def load_build(path: Path) -> dict[str, Any]:
-    """Read build.json from a build directory (or the file itself)."""
-    file = path / BUILD_JSON if path.is_dir() else path
-    try:
-        data: dict[str, Any] = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise ConfigError("no build.json: not a finished build directory", file=str(file),
-                          hint="run `appsdk build` first") from None
-    return data
+__all__ = ["BUILD_JSON", "BuildResult", "build", "load_build"]

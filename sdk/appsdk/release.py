@@ -9,10 +9,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .buildinfo import load_build
 from .digest import sha256_file
 from .errors import ConfigError, VerifyFailed
 from .keys import SigningKey
-from .pipeline import load_build
 from .runner import Runner
 from .stages.update import SUMS, write_sums
 
