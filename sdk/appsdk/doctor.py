@@ -17,8 +17,10 @@ HOST_TOOLS = {
     "cp": ("coreutils", "copies OS trees"),
     "qemu-system-x86_64": ("qemu-system-x86", "appsdk run (x86-uefi)"),
     "qemu-system-aarch64": ("qemu-system-arm", "appsdk run (arm64 boards)"),
-    "sfdisk": ("fdisk", "inspect, tests"),
+    "sfdisk": ("fdisk", "tests (GPT checks)"),
     "gpg": ("gnupg", "signing updates"),
+    "mcopy": ("mtools", "appsdk inspect reads the ESP without mounting it"),
+    "dpkg-deb": ("dpkg", "appsdk firmware unpacks pinned firmware packages"),
 }
 
 
