@@ -169,7 +169,8 @@ def _read_ahead(fd: int, chunks: list[Extent], align: int,
                     if n <= 0:
                         raise VerifyFailed(f"short read at byte {c.offset + got}")
                     got += n
-                view[c.length:padded] = bytes(padded - min(got, padded))
+                # Past the chunk (image end, alignment padding): zeros, never stale bytes.
+                view[c.length:padded] = bytes(padded - c.length)
                 view.release()
                 full.put((c, buf))
             full.put(None)

@@ -199,3 +199,25 @@ def test_interrupted_flash_leaves_no_partition_table(tmp_path: Path) -> None:
             dump.stderr
         probe = subprocess.run(["blkid", "-p", dev], capture_output=True, text=True)
         assert "PTTYPE" not in probe.stdout
+
+
+def test_image_size_not_a_multiple_of_the_block_size(tmp_path: Path) -> None:
+    """The last bmap range ends mid-block: padding is written as zeros and never hashed."""
+    image = make_image(tmp_path / "disk.img", 120)
+    with image.open("r+b") as f:
+        f.truncate(120 * MiB + 1536)
+    # The backup GPT moves into the final, partial block.
+    subprocess.run(["sfdisk", "--relocate", "gpt-bak-std", str(image)], check=True,
+                   capture_output=True)
+    last = image.read_bytes()[120 * MiB:]
+    assert len(last) == 1536 and last != bytes(1536)
+    with loop_device(tmp_path / "dev", 256 * MiB) as dev:
+        subprocess.run(["dd", "if=/dev/urandom", f"of={dev}", "bs=1M", "count=256",
+                        "oflag=direct", "status=none"], check=True)
+        assert main(["flash", str(image), dev, "--yes", "--allow-fixed"]) == 0
+        assert main(["verify", str(image), dev]) == 0
+        with open(dev, "rb") as d:
+            d.seek(120 * MiB)
+            tail = d.read(4096)
+        assert tail[:1536] == last and tail[1536:] == bytes(4096 - 1536)
+        assert subprocess.run(["sfdisk", "--verify", dev], capture_output=True).returncode == 0
