@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import REPO
-from vmlib import disk_copy, ovmf_vars, vm_boot, watch_boot
+from vmlib import disk_copy, ovmf_vars, sysupdate_update, vm_boot, watch_boot
 
 import appsdk
 from appsdk import keys
@@ -99,8 +99,7 @@ def run_scenario(name: str, v1: appsdk.BuildResult, key: keys.SigningKey, port: 
         vm.shell.expect(V1_UP, 300)
         vm.shell.login()
         vm.shell.run("/usr/lib/systemd/systemd-networkd-wait-online --timeout=90", timeout=120)
-        status, out = vm.shell.run("/usr/lib/systemd/systemd-sysupdate --no-pager update 2>&1",
-                                   timeout=900)
+        status, out = sysupdate_update(vm.shell)
         assert status == 0, out
         vm.shell.send("sync; systemctl poweroff")
         vm.wait_exit(120)

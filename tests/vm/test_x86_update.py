@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vmlib import disk_copy, ovmf_vars, vm_boot
+from vmlib import TRANSFER_TIMEOUT, disk_copy, ovmf_vars, sysupdate_update, vm_boot
 
 import appsdk
 from appsdk import keys
@@ -116,13 +116,13 @@ def update_run(hello_v1: appsdk.BuildResult, releases: dict[str, Path], server: 
         facts["before"] = device_state(sh)
         for name in ("bad-hash", "foreign-key", "truncated", "older"):
             server.publish(releases[name])
-            status, output = sh.run(f"{SYSUPDATE} update 2>&1", timeout=900)
+            status, output = sysupdate_update(sh)
             facts["attempts"][name] = {  # type: ignore[index]
                 "status": status, "output": output, "after": device_state(sh)}
         server.publish(releases["good"])
         facts["list_v1"] = sh.output(f"{SYSUPDATE} list 2>&1", timeout=300)
         started = time.monotonic()
-        status, output = sh.run(f"{SYSUPDATE} update 2>&1", timeout=900)
+        status, output = sysupdate_update(sh)
         # A figure for the notes and bench/, never asserted.
         (vm_logs / "figures-update.json").write_text(json.dumps(
             {"sysupdate_update_s": round(time.monotonic() - started, 1)}) + "\n")
@@ -166,6 +166,8 @@ def test_bad_release_is_refused_and_changes_nothing(update_run: dict[str, object
     assert "usr_2.0" not in result["after"]["labels"]
     if attempt != "older":
         assert result["status"] != 0, result["output"]
+    # Refused for what was wrong with the release, not because a download stalled.
+    assert TRANSFER_TIMEOUT not in result["output"].split("--- try again ---")[-1]
 
 
 def test_before_update_one_slot_pair_is_empty(update_run: dict[str, object]) -> None:

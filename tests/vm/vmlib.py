@@ -123,3 +123,23 @@ def vm_boot(disk: Path, vars_fd: Path, log_dir: Path, name: str,
                   accel="tcg", no_reboot=True, vars_file=vars_fd)
     with running(qemu_argv(spec), port, log_dir, name, retry_early_panic) as vm:
         yield vm
+
+
+SYSUPDATE = "/usr/lib/systemd/systemd-sysupdate --no-pager"
+TRANSFER_TIMEOUT = "Transfer failed: Timeout was reached"
+
+
+def sysupdate_update(shell: Shell, timeout: float = 900, attempts: int = 3) -> tuple[int, str]:
+    """`systemd-sysupdate update` on the device, run again when (and only when) a download
+    stalled: once in CI a transfer through QEMU's user-mode network hung until curl's
+    low-speed timeout. A device's update timer would simply try again later. Any other
+    result (installed, or refused for a hash, a signature, a short file) is returned at
+    once, and callers assert that no timeout is left in what they judge."""
+    outputs = []
+    for _ in range(attempts):
+        status, out = shell.run(f"{SYSUPDATE} update 2>&1", timeout=timeout)
+        outputs.append(out)
+        if TRANSFER_TIMEOUT not in out:
+            break
+        print(f"sysupdate: a download timed out (exit {status}); trying again")
+    return status, "\n--- try again ---\n".join(outputs)
