@@ -95,7 +95,7 @@ def run_scenario(name: str, v1: appsdk.BuildResult, key: keys.SigningKey, port: 
 
     result: dict[str, Any] = {"boots": []}
     timings: list[dict[str, Any]] = []
-    with vm_boot(disk, vars_fd, logs, f"rollback-{name}-0") as vm:
+    with vm_boot(disk, vars_fd, logs, f"rollback-{name}-0", retry_early_panic=True) as vm:
         vm.shell.expect(V1_UP, 300)
         vm.shell.login()
         vm.shell.run("/usr/lib/systemd/systemd-networkd-wait-online --timeout=90", timeout=120)
