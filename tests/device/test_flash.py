@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MiB, loop_device, make_build_dir, make_image, sha256_of_device
+from loopdev import MiB, loop_device, make_build_dir, make_image, sha256_of_device
 
 from appsdk import bmap
 from appsdk.cli import main

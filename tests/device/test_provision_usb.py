@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import MiB, make_image
+from loopdev import MiB, make_image
 
 from appsdk.blockdev import BlockDevice
 from appsdk.flash import image_digest, open_source

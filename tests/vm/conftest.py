@@ -11,12 +11,10 @@ import pytest
 
 import appsdk
 from appsdk import keys
-from appsdk.progress import TextReporter
 from appsdk.runner import Runner
 
-REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
-from vmlib import free_port  # noqa: E402
+from vmlib import build_hello, free_port
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -50,11 +48,6 @@ def update_port() -> int:
     10.0.2.2 as seen from the guest, and forwards to the host's 127.0.0.1)."""
     return free_port()
 
-
-def build_hello(version: str, out: Path, key: keys.SigningKey, port: int) -> appsdk.BuildResult:
-    return appsdk.build(REPO / "examples/hello", board="x86-uefi", version=version, output=out,
-                        reporter=TextReporter(sys.stderr), key_dir=key.home,
-                        update_url=f"http://10.0.2.2:{port}/")
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import build_hello
+from vmlib import build_hello
 
 import appsdk
 from appsdk import bmap, keys

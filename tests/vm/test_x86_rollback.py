@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO
-from vmlib import disk_copy, ovmf_vars, sysupdate_update, vm_boot, watch_boot
+from vmlib import REPO, disk_copy, ovmf_vars, sysupdate_update, vm_boot, watch_boot
 
 import appsdk
 from appsdk import keys

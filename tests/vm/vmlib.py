@@ -7,11 +7,17 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import appsdk
+from appsdk import keys
 from appsdk.console import SerialConsole, Shell
+from appsdk.progress import TextReporter
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -143,3 +149,8 @@ def sysupdate_update(shell: Shell, timeout: float = 900, attempts: int = 3) -> t
             break
         print(f"sysupdate: a download timed out (exit {status}); trying again")
     return status, "\n--- try again ---\n".join(outputs)
+
+def build_hello(version: str, out: Path, key: keys.SigningKey, port: int) -> appsdk.BuildResult:
+    return appsdk.build(REPO / "examples/hello", board="x86-uefi", version=version, output=out,
+                        reporter=TextReporter(sys.stderr), key_dir=key.home,
+                        update_url=f"http://10.0.2.2:{port}/")
