@@ -129,9 +129,8 @@ def _devnum(sys_dir: Path) -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def _usage(sys_dir: Path, name: str) -> tuple[tuple[str, ...], tuple[str, ...],
-                                              tuple[str, ...]]:
-    mounted = _mounted()
+def _usage(sys_dir: Path, mounted: dict[tuple[int, int], list[str]]
+           ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     mounts, system, holders = [], [], []
     for d in _stack(sys_dir):
         for target in mounted.get(_devnum(d), []):
@@ -145,7 +144,7 @@ def _usage(sys_dir: Path, name: str) -> tuple[tuple[str, ...], tuple[str, ...],
     return tuple(mounts), tuple(system), tuple(sorted(set(holders)))
 
 
-def _bus(props: dict[str, str], sys_dir: Path, name: str) -> str:
+def _bus(props: dict[str, str], sys_dir: Path) -> str:
     if props.get("ID_BUS"):
         return props["ID_BUS"]
     real = str(sys_dir.resolve())
@@ -156,10 +155,11 @@ def _bus(props: dict[str, str], sys_dir: Path, name: str) -> str:
     return ""
 
 
-def _from_sys(sys_dir: Path, props: dict[str, str]) -> BlockDevice:
+def _from_sys(sys_dir: Path, props: dict[str, str],
+              mounted: dict[tuple[int, int], list[str]]) -> BlockDevice:
     name = sys_dir.name
     device = sys_dir / "device"
-    mounts, system, holders = _usage(sys_dir, name)
+    mounts, system, holders = _usage(sys_dir, mounted)
     return BlockDevice(
         path=props.get("DEVNAME") or f"/dev/{name}",
         name=name,
@@ -170,7 +170,7 @@ def _from_sys(sys_dir: Path, props: dict[str, str]) -> BlockDevice:
         or _read(device / "name") or _loop_model(sys_dir),
         serial=props.get("ID_SERIAL_SHORT") or _read(sys_dir / "serial")
         or _read(device / "serial"),
-        bus=_bus(props, sys_dir, name),
+        bus=_bus(props, sys_dir),
         removable=_read(sys_dir / "removable") == "1",
         readonly=_read(sys_dir / "ro") == "1",
         diskseq=props.get("DISKSEQ") or _read(sys_dir / "diskseq"),
@@ -209,7 +209,7 @@ def probe(path: str | Path) -> BlockDevice:
     if (sys_dir / "partition").exists():
         raise DeviceRefused(f"{path}: is a partition of /dev/{sys_dir.parent.name}",
                             hint=f"flash the whole disk: /dev/{sys_dir.parent.name}")
-    return _from_sys(sys_dir, _udev_props(sys_dir.name))
+    return _from_sys(sys_dir, _udev_props(sys_dir.name), _mounted())
 
 
 @dataclass(frozen=True)
@@ -225,11 +225,12 @@ class Listed:
 def list_devices(allow_fixed: bool = False) -> list[Listed]:
     """Every whole disk worth showing, with the reasons it is not a flash candidate."""
     out = []
+    mounted = _mounted()  # once for all disks
     for sys_dir in sorted(Path("/sys/block").iterdir()):
         name = sys_dir.name
         if name.startswith(_PSEUDO) or (name.startswith("mmcblk") and "boot" in name):
             continue
-        dev = _from_sys(sys_dir, _udev_props(name))
+        dev = _from_sys(sys_dir, _udev_props(name), mounted)
         if name.startswith("loop") and dev.size == 0:
             continue  # unattached loop devices
         out.append(Listed(dev, dev.refusals(allow_fixed)))

@@ -21,3 +21,19 @@ def load_build(path: Path) -> dict[str, Any]:
         raise ConfigError("no build.json: not a finished build directory", file=str(file),
                           hint="run `appsdk build` first") from None
     return data
+
+
+def locate_image(path: Path) -> tuple[Path, dict[str, Any] | None]:
+    """(disk image, build record) for a build directory or an image file. An image's
+    record is the build.json beside it, and only if that build.json names this image."""
+    if path.is_dir():
+        record = load_build(path)
+        return path / record["artifacts"]["image"]["file"], record
+    if not path.is_file():
+        raise ConfigError("no such image or build directory", file=str(path))
+    sibling = path.parent / BUILD_JSON
+    if sibling.exists():
+        record = load_build(sibling)
+        if record["artifacts"]["image"]["file"] == path.name:
+            return path, record
+    return path, None

@@ -215,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _reporter(args: argparse.Namespace) -> Reporter:
+    return JsonReporter() if args.json else TextReporter()
+
+
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
@@ -258,7 +262,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from .pipeline import build
 
-    reporter: Reporter = JsonReporter() if args.json else TextReporter()
+    reporter = _reporter(args)
     result = build(args.directory, board=args.board, version=args.app_version,
                    output=args.output, reporter=reporter, key_dir=args.keys,
                    update_url=args.update_url)
@@ -335,7 +339,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .boards import load_board
-    from .buildinfo import load_build
+    from .buildinfo import locate_image
     from .qemu import (
         VmSpec,
         emulator_of,
@@ -346,17 +350,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         scratch_dir,
     )
 
-    target: Path = args.target
-    if target.is_dir():
-        record = load_build(target)
-        image = target / record["artifacts"]["image"]["file"]
-        board_name = args.board or record["board"]["name"]
-    else:
-        image = target
-        sibling = target.parent / "build.json"
-        board_name = args.board or (load_build(sibling)["board"]["name"]
-                                    if sibling.exists() else "x86-uefi")
-    board = load_board(board_name)
+    image, record = locate_image(args.target)
+    board = load_board(args.board or (record["board"]["name"] if record else "x86-uefi"))
     size = parse_size(args.disk_size) if args.disk_size else None
     disk = prepare_disk(image, args.disk, size)
     accel = args.accel
@@ -414,7 +409,7 @@ def _ask(dev: Any) -> bool:
 def cmd_flash(args: argparse.Namespace) -> int:
     from .flash import flash, open_source
 
-    reporter: Reporter = JsonReporter() if args.json else TextReporter()
+    reporter = _reporter(args)
     source = open_source(args.source)
     result = flash(source, args.device, board=args.board, allow_fixed=args.allow_fixed,
                    confirm=None if args.yes else _ask, reporter=reporter,
@@ -437,7 +432,7 @@ def cmd_flash(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .flash import open_source, verify_device
 
-    reporter: Reporter = JsonReporter() if args.json else TextReporter()
+    reporter = _reporter(args)
     digest, seconds = verify_device(open_source(args.source), args.device, reporter)
     if args.json:
         print(json.dumps({"event": "result", "device": args.device, "verified": True,
@@ -483,7 +478,7 @@ def cmd_provision_serial(args: argparse.Namespace) -> int:
     from .provision_serial import provision_serial, read_status
 
     plan = _serial_plan(args)
-    reporter: Reporter = JsonReporter() if args.json else TextReporter()
+    reporter = _reporter(args)
     if args.status:
         console = SerialConsole(args.port, baud=args.baud)
         try:
@@ -565,7 +560,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
     from .provision_usb import UdevWatcher, provision_usb
 
     source = open_source(args.source)
-    reporter: Reporter = JsonReporter() if args.json else TextReporter()
+    reporter = _reporter(args)
     watcher = UdevWatcher(rpiboot=args.rpiboot, rpiboot_dir=args.rpiboot_dir)
     reports = provision_usb(source, watcher, count=args.count,
                             board=args.board, timeout=args.timeout, reporter=reporter,

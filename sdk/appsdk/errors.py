@@ -81,3 +81,15 @@ class DeviceRefused(AppsdkError):
 
 class VerifyFailed(AppsdkError):
     exit_code = 8
+
+
+class PushFailed(AppsdkError):
+    """A file could not be pushed to a device intact; nothing was installed under its name."""
+
+    exit_code = 9
+
+
+class FirmwareMismatch(AppsdkError):
+    """A firmware file differs from its pinned manifest (sha256, contents, ELF sanity)."""
+
+    exit_code = 10

@@ -17,15 +17,11 @@ import time
 from dataclasses import dataclass
 
 from .console import ConsoleClosed, Shell
-from .errors import AppsdkError, CommandTimeout
+from .errors import CommandTimeout, PushFailed
 
 CHUNK_MAX = 64 * 1024
 CHUNK_MIN = 512
 SCRATCH = "/run/appsdk-push.chunk"
-
-
-class PushFailed(AppsdkError):
-    exit_code = 9
 
 
 @dataclass(frozen=True)

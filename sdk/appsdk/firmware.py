@@ -8,7 +8,6 @@ instead of the network. A file whose sha256 differs from the manifest is never u
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -19,17 +18,14 @@ from pathlib import Path
 
 from .cache import cache_root
 from .datadirs import data_dir
-from .errors import AppsdkError, ConfigError
+from .digest import sha256_file
+from .errors import AppsdkError, ConfigError, FirmwareMismatch
 from .fields import Reader
 from .runner import Runner
 from .yamlsrc import load
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 SHA256 = r"[0-9a-f]{64}"
-
-
-class FirmwareMismatch(AppsdkError):
-    exit_code = 10
 
 
 @dataclass(frozen=True)
@@ -78,14 +74,6 @@ def load_manifests(directory: Path | None = None) -> dict[str, Manifest]:
     return {p.stem: load_manifest(p) for p in sorted(directory.glob("*.yaml"))}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _download(url: str, target: Path) -> None:
     try:
         with urllib.request.urlopen(url, timeout=60) as response, target.open("wb") as out:
@@ -99,7 +87,7 @@ def _download(url: str, target: Path) -> None:
 def fetch_package(m: Manifest, mirror: str | None = None, offline: Path | None = None) -> Path:
     """The verified .deb of a manifest, from the cache, the offline dir or the mirror."""
     cached = cache_root() / "firmware" / m.sha256 / m.filename
-    if cached.is_file() and _sha256(cached) == m.sha256:
+    if cached.is_file() and sha256_file(cached) == m.sha256:
         return cached
     offline = offline or (Path(os.environ["APPSDK_FIRMWARE_DIR"])
                           if os.environ.get("APPSDK_FIRMWARE_DIR") else None)
@@ -117,7 +105,7 @@ def fetch_package(m: Manifest, mirror: str | None = None, offline: Path | None =
             base = (mirror or os.environ.get("APPSDK_FIRMWARE_MIRROR") or DEFAULT_MIRROR)
             origin = f"{base.rstrip('/')}/{m.pool_path}"
             _download(origin, partial)
-        got = _sha256(partial)
+        got = sha256_file(partial)
         if got != m.sha256:
             raise FirmwareMismatch(
                 f"firmware {m.name} {m.version}: {origin} has sha256 {got}, the manifest "

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from . import bmap as bmapfile
 from .blockdev import BlockDevice, probe, refuse_if_unsafe
@@ -61,25 +60,12 @@ class FlashResult:
 def open_source(path: Path) -> Source:
     """A build directory (build.json names image, bmap and board) or an image file (its
     .bmap beside it if present, else one computed from the file's holes)."""
-    from .buildinfo import load_build
+    from .buildinfo import locate_image
 
-    record: dict[str, Any] | None
-    if path.is_dir():
-        record = load_build(path)
-        image = path / record["artifacts"]["image"]["file"]
-        bmap_path: Path | None = path / record["artifacts"]["bmap"]["file"]
-    elif path.is_file():
-        image, bmap_path = path, path.with_name(path.name + ".bmap")
-        sibling = path.parent / "build.json"
-        record = load_build(sibling) if sibling.exists() else None
-        if record and record["artifacts"]["image"]["file"] != path.name:
-            record = None
-    else:
-        raise ConfigError("no such image or build directory", file=str(path))
-    if bmap_path is not None and bmap_path.exists():
-        block_map = bmapfile.parse(bmap_path)
-    else:
-        block_map = bmapfile.create(image)
+    image, record = locate_image(path)
+    bmap_path = (image.parent / record["artifacts"]["bmap"]["file"] if record
+                 else image.with_name(image.name + ".bmap"))
+    block_map = bmapfile.parse(bmap_path) if bmap_path.exists() else bmapfile.create(image)
     if block_map.image_size != image.stat().st_size:
         raise ConfigError(f"bmap is for an image of {block_map.image_size} bytes, the image "
                           f"has {image.stat().st_size}", file=str(bmap_path),

@@ -4,7 +4,6 @@ os-release, systemd-boot's version, and the firmware versions appsdk recorded on
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import tempfile
 import uuid
@@ -12,7 +11,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, VerifyFailed
+from .digest import sha256_file
+from .errors import VerifyFailed
 from .runner import Runner
 
 SECTOR = 512
@@ -82,20 +82,10 @@ def _osrel(text: str) -> dict[str, str]:
 
 def inspect(target: Path, runner: Runner | None = None) -> dict[str, Any]:
     from . import pe
-    from .buildinfo import load_build
+    from .buildinfo import locate_image
 
     runner = runner or Runner()
-    record: dict[str, Any] | None = None
-    if target.is_dir():
-        record = load_build(target)
-        image = target / record["artifacts"]["image"]["file"]
-    elif target.is_file():
-        image = target
-        sibling = target.parent / "build.json"
-        if sibling.exists():
-            record = load_build(sibling)
-    else:
-        raise ConfigError("no such image or build directory", file=str(target))
+    image, record = locate_image(target)
     gpt = read_gpt(image)
     esp = next((p for p in gpt["partitions"] if p["type"] == "esp"), None)
     if esp is None:
@@ -113,7 +103,7 @@ def inspect(target: Path, runner: Runner | None = None) -> dict[str, Any]:
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
             info["esp_files"].append({
                 "path": path.relative_to(root).as_posix(), "size": path.stat().st_size,
-                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+                "sha256": sha256_file(path)})
         ukis = sorted((root / "EFI/Linux").glob("*.efi")) if (root / "EFI/Linux").is_dir() \
             else []
         if ukis:

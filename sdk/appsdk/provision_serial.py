@@ -18,6 +18,7 @@ from .errors import AppsdkError, ConfigError
 from .fields import Reader
 from .filepush import PushResult, push_bytes, run_checked
 from .progress import Event, NullReporter, Reporter
+from .stages.update import SUMS
 
 COMMON = {"login", "hostname", "update_url", "authorized_keys", "credentials", "files"}
 IDENTITY = "/var/lib/appsdk/identity"
@@ -219,12 +220,12 @@ def read_status(shell: Shell) -> dict[str, Any]:
 
 def update_files(update_dir: Path) -> list[Path]:
     """SHA256SUMS, its signature and every file it lists, from a release or build dir."""
-    sums = update_dir / "SHA256SUMS"
-    if not sums.is_file() or not (update_dir / "SHA256SUMS.gpg").is_file():
+    sums, signature = update_dir / SUMS, update_dir / f"{SUMS}.gpg"
+    if not sums.is_file() or not signature.is_file():
         raise ConfigError("not an update directory: needs SHA256SUMS and SHA256SUMS.gpg",
                           file=str(update_dir), hint="use a build or `appsdk release` output")
     names = [line.split()[-1].lstrip("*") for line in sums.read_text().splitlines() if line]
-    return [update_dir / n for n in names] + [sums, update_dir / "SHA256SUMS.gpg"]
+    return [update_dir / n for n in names] + [sums, signature]
 
 
 def install_local_update(shell: Shell, directory: str = UPDATES) -> str:

@@ -5,7 +5,6 @@ the pinned manifests."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +86,3 @@ def write_rpi_files(board: Board, chain: str, files: Mapping[str, Path],
     (esp_root / "config.txt").write_text(config_txt(board, chain))
     (esp_root / FIRMWARE_RECORD).write_text(firmware_record(board, chain, manifests))
     return sorted([*written, "config.txt", FIRMWARE_RECORD])
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
