@@ -1,15 +1,24 @@
 # Quick start (Debian 12/13, as root):  make demo   |   make test
 PYTHON ?= python3
-APT_PACKAGES = mmdebstrap bubblewrap qemu-system-x86 ovmf mtools dosfstools fdisk \
-               bmap-tools xz-utils zstd gnupg debian-archive-keyring ca-certificates \
-               umockdev e2fsprogs util-linux
+APT_PACKAGES = mmdebstrap bubblewrap qemu-system-x86 qemu-system-arm qemu-user-static ovmf \
+               mtools dosfstools fdisk bmap-tools xz-utils zstd gnupg debian-archive-keyring \
+               ca-certificates umockdev e2fsprogs util-linux unzip
+BINFMT = /proc/sys/fs/binfmt_misc
 
-.PHONY: deps demo test unit vm device lint bench
+.PHONY: deps binfmt demo test unit vm device lint bench
 
 deps:  ## install what appsdk and its tests need (apt + pip)
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES)
 	$(PYTHON) -m pip install -q -e '.[test]'
+	$(MAKE) binfmt
+
+# arm64 images are built on x86-64 hosts by running arm64 binaries under qemu-user. systemd
+# registers binfmt handlers at boot; containers and CI machines without it need this.
+binfmt:  ## register qemu-user for arm64 binaries (flags F: usable inside chroots)
+	test -e $(BINFMT)/register || mount -t binfmt_misc binfmt_misc $(BINFMT)
+	test -e $(BINFMT)/qemu-aarch64 || cat /usr/lib/binfmt.d/qemu-aarch64.conf > $(BINFMT)/register
+	grep -q enabled $(BINFMT)/qemu-aarch64
 
 demo: deps  ## build examples/hello and boot it in QEMU (console on this terminal)
 	test -d build/demo-keys || appsdk keys generate examples/hello --keys build/demo-keys

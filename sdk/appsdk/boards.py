@@ -24,12 +24,16 @@ class Watchdog:
 
 @dataclass(frozen=True)
 class Emulator:
+    """How QEMU stands in for the board. Firmware is named by host path (first existing
+    wins) or as component:file of a pinned firmware manifest."""
+    name: str
     qemu: str
     machine: str
     cpu: str
     memory_mib: int
-    firmware_code: tuple[str, ...]  # candidate paths, first existing wins
+    firmware_code: tuple[str, ...]  # UEFI code flash (with firmware_vars), or
     firmware_vars: tuple[str, ...]
+    bios: str | None  # a firmware given with -bios (U-Boot keeps its variables on the ESP)
     watchdog: str | None
     extra_args: tuple[str, ...] = ()
 
@@ -42,6 +46,7 @@ class Board:
     firmware_chain: str
     firmware_options: tuple[str, ...]
     kernel_package: str
+    kernel_backports: bool  # take the kernel from <suite>-backports
     initrd_modules: tuple[str, ...]
     console: str
     watchdog: Watchdog | None
@@ -49,9 +54,23 @@ class Board:
     esp_files: dict[str, tuple[tuple[str, str], ...]]
     config_txt: dict[str, tuple[str, ...]]
     disk_devices: tuple[str, ...]
-    emulator: Emulator | None
+    emulators: tuple[Emulator, ...]  # the first is the default
     complete: bool
     source: Path
+
+    @property
+    def emulator(self) -> Emulator | None:
+        return self.emulators[0] if self.emulators else None
+
+    def emulator_named(self, name: str | None) -> Emulator:
+        if not self.emulators:
+            raise ConfigError(f"board {self.name} has no emulator profile", field="emulators",
+                              hint="boot it on real hardware, or use an emulated board")
+        for em in self.emulators:
+            if name in (None, em.name):
+                return em
+        raise ConfigError(f"board {self.name} has no emulator {name!r}",
+                          hint="choose one of " + ", ".join(e.name for e in self.emulators))
 
     @property
     def debian_arch(self) -> str:
@@ -110,8 +129,9 @@ def load_board_file(path: Path) -> Board:
     src = load(path)
     top = Reader(src, (), src.data, {
         "name", "description", "arch", "firmware_chain", "firmware_options", "kernel_package",
+        "kernel_backports",
         "initrd_modules", "console", "watchdog", "esp_files", "config_txt", "disk_devices",
-        "emulator", "complete",
+        "emulators", "complete",
     })
     name = top.text("name", pattern=r"[a-z0-9][a-z0-9-]*", what="a board name")
     if name != path.stem:
@@ -133,20 +153,28 @@ def load_board_file(path: Path) -> Board:
         wd = top.sub("watchdog", {"device", "max_timeout_s"})
         watchdog = Watchdog(wd.text("device"), wd.integer("max_timeout_s", minimum=1))
 
-    emulator = None
-    if top.has("emulator"):
-        em = top.sub("emulator", {"qemu", "machine", "cpu", "memory_mib", "firmware_code",
-                                  "firmware_vars", "watchdog", "extra_args"})
-        emulator = Emulator(
-            qemu=em.text("qemu"),
-            machine=em.text("machine"),
-            cpu=em.text("cpu", "max"),
-            memory_mib=em.integer("memory_mib", 2048, minimum=256),
-            firmware_code=em.texts("firmware_code"),
-            firmware_vars=em.texts("firmware_vars"),
-            watchdog=em.text("watchdog") if em.has("watchdog") else None,
-            extra_args=em.texts("extra_args"),
-        )
+    emulators = []
+    if top.has("emulators"):
+        all_em = top.sub("emulators", set(top.raw("emulators") or {}))
+        for em_name in all_em.data:
+            em = all_em.sub(em_name, {"qemu", "machine", "cpu", "memory_mib", "firmware_code",
+                                      "firmware_vars", "bios", "watchdog", "extra_args"})
+            bios = em.text("bios") if em.has("bios") else None
+            if bool(bios) == em.has("firmware_code"):
+                raise src.error(("emulators", em_name),
+                                "needs exactly one of firmware_code (UEFI flash) or bios")
+            emulators.append(Emulator(
+                name=str(em_name),
+                qemu=em.text("qemu"),
+                machine=em.text("machine"),
+                cpu=em.text("cpu", "max"),
+                memory_mib=em.integer("memory_mib", 2048, minimum=256),
+                firmware_code=em.texts("firmware_code"),
+                firmware_vars=em.texts("firmware_vars"),
+                bios=bios,
+                watchdog=em.text("watchdog") if em.has("watchdog") else None,
+                extra_args=em.texts("extra_args"),
+            ))
 
     return Board(
         name=name,
@@ -155,13 +183,14 @@ def load_board_file(path: Path) -> Board:
         firmware_chain=chain,
         firmware_options=options,
         kernel_package=top.text("kernel_package"),
+        kernel_backports=top.flag("kernel_backports", False),
         initrd_modules=top.texts("initrd_modules"),
         console=top.text("console"),
         watchdog=watchdog,
         esp_files=_per_chain_files(top, options),
         config_txt=_per_chain_lines(top, options),
         disk_devices=top.texts("disk_devices"),
-        emulator=emulator,
+        emulators=tuple(emulators),
         complete=top.flag("complete", True),
         source=path,
     )

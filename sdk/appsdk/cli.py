@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("directory", type=Path, nargs="?", default=Path("."),
                    help="appliance directory or appliance.yaml (default: .)")
     p.add_argument("--board", help="board profile (default: the appliance's board)")
+    p.add_argument("--firmware", metavar="CHAIN",
+                   help="firmware chain of the board, e.g. rpi+uboot or rpi+edk2 for rpi4 "
+                   "(default: appliance.yaml firmware, else the board's default; see "
+                   "`appsdk boards`)")
     p.add_argument("--version", dest="app_version", metavar="V",
                    help="override the version in appliance.yaml")
     p.add_argument("--output", "-o", type=Path, help="output directory (default: DIR/build/BOARD)")
@@ -162,7 +166,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("firmware", help="pinned firmware: list, fetch and verify",
                        description="Firmware components are pinned by manifests in firmware/ "
-                       "(Debian package, exact version, sha256). `fetch` downloads into the "
+                       "(Debian package or release zip, exact version, sha256). `fetch` "
+                       "downloads into the "
                        "cache (or copies from --offline DIR), verifies the sha256 before use "
                        "and unpacks the files the boards need.")
     fw = p.add_subparsers(dest="firmware_command", required=True, metavar="ACTION")
@@ -171,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     f = fw.add_parser("fetch", help="download (or copy), verify and unpack")
     f.add_argument("names", nargs="*", metavar="COMPONENT", help="default: all")
     f.add_argument("--offline", type=Path, metavar="DIR",
-                   help="take the .deb files from DIR instead of the network")
+                   help="take the .deb/.zip files from DIR instead of the network")
     f.add_argument("--mirror", metavar="URL", help="Debian mirror (default: deb.debian.org)")
     f.add_argument("--json", action="store_true")
 
@@ -187,6 +192,9 @@ def _parser() -> argparse.ArgumentParser:
                        "--in-place is given.")
     p.add_argument("target", type=Path, help="build directory or .img file")
     p.add_argument("--board", help="board profile (default: from build.json)")
+    p.add_argument("--emulator", metavar="NAME",
+                   help="one of the board's emulator profiles, e.g. virt-uboot or virt-edk2 "
+                   "for rpi4 (default: the board's first; `appsdk boards --json` lists them)")
     p.add_argument("--disk", type=Path, help="persistent working copy of the image (made once)")
     p.add_argument("--disk-size", help="grow the working copy to this size, e.g. 6G")
     p.add_argument("--in-place", action="store_true", help="boot and modify the image itself")
@@ -238,7 +246,7 @@ def cmd_boards(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([{"name": b.name, "arch": b.arch, "firmware_chain": b.firmware_chain,
                       "firmware_options": list(b.firmware_options), "console": b.console,
-                      "emulated": b.emulator is not None, "complete": b.complete,
+                      "emulators": [e.name for e in b.emulators], "complete": b.complete,
                       "description": b.description} for b in boards])
         return 0
     for b in boards:
@@ -264,6 +272,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     reporter = _reporter(args)
     result = build(args.directory, board=args.board, version=args.app_version,
+                   firmware=args.firmware,
                    output=args.output, reporter=reporter, key_dir=args.keys,
                    update_url=args.update_url)
     if args.json:
@@ -342,7 +351,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .buildinfo import locate_image
     from .qemu import (
         VmSpec,
-        emulator_of,
         firmware_vars,
         kvm_works,
         prepare_disk,
@@ -356,11 +364,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     disk = prepare_disk(image, args.disk, size)
     accel = args.accel
     if accel == "auto":
-        accel = "kvm" if kvm_works(emulator_of(board).qemu) else "tcg"
+        accel = "kvm" if kvm_works(board.emulator_named(args.emulator).qemu) else "tcg"
     forward = tuple(tuple(int(x) for x in f.split(":", 1)) for f in args.forward)
     spec = VmSpec(board=board, disk=disk, snapshot=not (args.in_place or args.disk),
                   serial_port=args.serial_port, forward=forward,  # type: ignore[arg-type]
-                  accel=accel, vars_file=firmware_vars(board, scratch_dir()))
+                  accel=accel, emulator=args.emulator,
+                  vars_file=firmware_vars(board, scratch_dir(), args.emulator))
     argv = qemu_argv(spec)
     if args.print_only:
         print(" ".join(argv))
@@ -512,14 +521,14 @@ def cmd_firmware(args: argparse.Namespace) -> int:
     manifests = firmware.load_manifests()
     if args.firmware_command == "list":
         rows = [{"name": m.name, "version": m.version, "sha256": m.sha256,
-                 "source": m.pool_path, "files": [n for n, _ in m.files], "license": m.license}
-                for m in manifests.values()]
+                 "source": m.origin(None), "files": [n for n, _ in m.files],
+                 "license": m.license} for m in manifests.values()]
         if args.json:
             _print_json(rows)
         else:
-            for r in rows:
-                print(f"{r['name']:<18} {r['version']:<22} {r['sha256'][:16]}...  "
-                      f"{', '.join(r['files'])}")
+            for m in manifests.values():
+                print(f"{m.name:<18} {m.version:<22} {m.sha256[:16]}...  "
+                      f"{', '.join(n for n, _ in m.files)}")
         return 0
     out = firmware.fetch(args.names or None, mirror=args.mirror, offline=args.offline,
                          manifests=manifests)

@@ -23,7 +23,7 @@ SUITE_PATTERN = r"[a-z][a-z0-9-]*"
 
 TOP_FIELDS = {
     "schema", "id", "name", "version", "board", "base", "overlay", "kernel",
-    "partitions", "console", "services", "health", "update", "boot",
+    "partitions", "console", "services", "health", "update", "boot", "firmware",
 }
 
 
@@ -60,6 +60,7 @@ class HealthCheck:
 class Boot:
     deadline: int = 300  # s: a trial boot not confirmed by then is reset
     watchdog: int = 30  # s: systemd's runtime watchdog (capped at the board's maximum); 0: off
+    tries: int = 3  # boots a new version gets before systemd-boot falls back
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class Appliance:
     health: tuple[HealthCheck, ...] = ()
     update: Update = field(default_factory=Update)
     boot: Boot = field(default_factory=Boot)
+    firmware: str | None = None  # the board's firmware chain; None: the board's default
     source: Path | None = None
 
     def with_version(self, version: str) -> Appliance:
@@ -153,6 +155,9 @@ def load_appliance(path: Path) -> Appliance:
                         what="a valid version (letters, digits, . ~ ^ -; no '_' or '+')"),
         name=top.text("name", "") or top.text("id"),
         board=top.text("board", "x86-uefi"),
+        firmware=top.text("firmware", pattern=r"[a-z0-9]+(\+[a-z0-9]+)?",
+                          what="a firmware chain, e.g. rpi+uboot")
+        if top.has("firmware") else None,
         base=BaseOS(
             suite=base.text("suite", BaseOS.suite, pattern=SUITE_PATTERN, what="a Debian suite"),
             mirror=mirror,
@@ -212,9 +217,12 @@ def _health(top: Reader) -> tuple[HealthCheck, ...]:
 
 
 def _boot(top: Reader) -> Boot:
-    boot = top.sub("boot", {"deadline", "watchdog"})
+    boot = top.sub("boot", {"deadline", "watchdog", "tries"})
     return Boot(deadline=boot.integer("deadline", Boot.deadline, minimum=30),
-                watchdog=boot.integer("watchdog", Boot.watchdog, minimum=0))
+                watchdog=boot.integer("watchdog", Boot.watchdog, minimum=0),
+                # A bad update costs up to `tries` boots (each up to the deadline) before
+                # the fallback: more than a few only delays recovery.
+                tries=boot.integer("tries", Boot.tries, minimum=1, maximum=9))
 
 
 def _update(top: Reader) -> Update:

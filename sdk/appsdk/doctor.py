@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .boards import list_boards
+from .errors import ToolMissing
+from .foreign import check_binfmt
 from .qemu import kvm_works
 from .tools import TOOLS_USED, cached_tools
 
@@ -46,10 +48,20 @@ def run_checks() -> list[Check]:
             found = any((tools.tree / d / tool).exists() for d in ("usr/bin", "usr/sbin"))
             checks.append(Check(tool, found, f"tools tree {tools.tree}", f"from {package}"))
     for board in list_boards():
-        if board.emulator:
-            code = next((p for p in board.emulator.firmware_code if Path(p).exists()), None)
-            checks.append(Check(f"firmware:{board.name}", code is not None,
-                                code or "missing", "UEFI firmware for `appsdk run`"))
+        for em in board.emulators:
+            # Pinned firmware (component:file) is fetched on first use; host paths must exist.
+            refs = em.firmware_code or ((em.bios,) if em.bios else ())
+            local = [r for r in refs if r.startswith("/")]
+            code = next((r for r in local if Path(r).exists()), None)
+            ok = code is not None or not local
+            checks.append(Check(f"firmware:{board.name}/{em.name}", ok,
+                                code or (refs[0] if ok and refs else "missing"),
+                                f"firmware for `appsdk run` ({em.qemu})"))
+    try:
+        check_binfmt("arm64")
+        checks.append(Check("binfmt:arm64", True, "ready", "builds arm64 (Raspberry Pi) images"))
+    except ToolMissing as exc:
+        checks.append(Check("binfmt:arm64", False, exc.hint or str(exc), str(exc)))
     if shutil.which("qemu-system-x86_64"):
         kvm = kvm_works("qemu-system-x86_64")
         checks.append(Check("kvm", True, "usable" if kvm else "not usable: TCG is used",

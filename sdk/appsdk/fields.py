@@ -59,7 +59,8 @@ class Reader:
             raise self.src.error((*self.path, key), f"must be true or false, got {value!r}")
         return value
 
-    def integer(self, key: str, default: int | None = None, *, minimum: int = 0) -> int:
+    def integer(self, key: str, default: int | None = None, *, minimum: int = 0,
+                maximum: int | None = None) -> int:
         value = self.data.get(key)
         if value is None:
             if default is None:
@@ -69,6 +70,8 @@ class Reader:
             raise self.src.error((*self.path, key), f"must be a whole number, got {value!r}")
         if value < minimum:
             raise self.src.error((*self.path, key), f"must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise self.src.error((*self.path, key), f"must be at most {maximum}")
         return value
 
     def size(self, key: str, default: int) -> int:

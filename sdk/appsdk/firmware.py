@@ -1,10 +1,11 @@
 """Pinned firmware: one manifest per component in firmware/ (source, exact version,
 sha256), fetched into a cache and verified before anything is taken from it.
 
-Sources are Debian packages (a path in the archive's pool): the mirror defaults to
-deb.debian.org and can be overridden (APPSDK_FIRMWARE_MIRROR or `mirror=`); an offline
-directory (APPSDK_FIRMWARE_DIR or `offline=`) holding the same files by name is used
-instead of the network. A file whose sha256 differs from the manifest is never used."""
+A source is a Debian package (`debian:`, a path in the archive's pool; the mirror defaults
+to deb.debian.org and can be overridden with APPSDK_FIRMWARE_MIRROR or `mirror=`) or a zip
+archive by URL (`url:`, e.g. a GitHub release). An offline directory (APPSDK_FIRMWARE_DIR
+or `offline=`) holding the same files by name is used instead of the network. A file whose
+sha256 differs from the manifest is never used."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +34,8 @@ SHA256 = r"[0-9a-f]{64}"
 class Manifest:
     name: str
     version: str
-    pool_path: str  # relative to a Debian mirror
+    pool_path: str | None  # relative to a Debian mirror (a .deb), or
+    url: str | None  # a zip archive's address
     sha256: str
     license: str
     files: tuple[tuple[str, str], ...]  # (name in our tree, path inside the package)
@@ -41,7 +44,13 @@ class Manifest:
 
     @property
     def filename(self) -> str:
-        return self.pool_path.rsplit("/", 1)[-1]
+        return (self.pool_path or self.url or "").rsplit("/", 1)[-1]
+
+    def origin(self, mirror: str | None) -> str:
+        if self.url:
+            return self.url
+        base = mirror or os.environ.get("APPSDK_FIRMWARE_MIRROR") or DEFAULT_MIRROR
+        return f"{base.rstrip('/')}/{self.pool_path}"
 
 
 def firmware_dir() -> Path:
@@ -50,12 +59,17 @@ def firmware_dir() -> Path:
 
 def load_manifest(path: Path) -> Manifest:
     src = load(path)
-    top = Reader(src, (), src.data, {"name", "version", "debian", "sha256", "license",
+    top = Reader(src, (), src.data, {"name", "version", "debian", "url", "sha256", "license",
                                      "files", "elf"})
     name = top.text("name", pattern=r"[a-z0-9][a-z0-9.+-]*", what="a package name")
     if name != path.stem:
         raise src.error(("name",), f"must match the file name ({path.stem!r})")
-    pool = top.text("debian", pattern=r"pool/[\w/.+~-]+\.deb", what="a pool/... .deb path")
+    if top.has("debian") == top.has("url"):
+        raise src.error((), "needs exactly one source: debian: (a pool path) or url: (a zip)")
+    pool = (top.text("debian", pattern=r"pool/[\w/.+~-]+\.deb", what="a pool/... .deb path")
+            if top.has("debian") else None)
+    url = (top.text("url", pattern=r"https?://\S+\.zip", what="an http(s) URL of a .zip")
+           if top.has("url") else None)
     files = top.sub("files", set(top.raw("files") or {}))
     if not files.data:
         raise src.error(("files",), "must name at least one file to take from the package")
@@ -64,7 +78,7 @@ def load_manifest(path: Path) -> Manifest:
     for index, item in enumerate(elf):
         if item not in dict(pairs):
             raise src.error(("elf", index), f"{item!r} is not one of the files")
-    return Manifest(name=name, version=top.text("version"), pool_path=pool,
+    return Manifest(name=name, version=top.text("version"), pool_path=pool, url=url,
                     sha256=top.text("sha256", pattern=SHA256, what="a lowercase sha256"),
                     license=top.text("license", ""), files=pairs, elf=elf, source=path)
 
@@ -99,11 +113,10 @@ def fetch_package(m: Manifest, mirror: str | None = None, offline: Path | None =
             origin = str(offline / m.filename)
             if not (offline / m.filename).is_file():
                 raise AppsdkError(f"{m.filename} is not in the offline directory {offline}",
-                                  hint=f"copy it there from {DEFAULT_MIRROR}/{m.pool_path}")
+                                  hint=f"copy it there from {m.origin(None)}")
             shutil.copyfile(offline / m.filename, partial)
         else:
-            base = (mirror or os.environ.get("APPSDK_FIRMWARE_MIRROR") or DEFAULT_MIRROR)
-            origin = f"{base.rstrip('/')}/{m.pool_path}"
+            origin = m.origin(mirror)
             _download(origin, partial)
         got = sha256_file(partial)
         if got != m.sha256:
@@ -142,10 +155,22 @@ def check_elf(path: Path) -> str:
         raise FirmwareMismatch(f"{path.name}: not a valid ELF file ({exc})") from None
 
 
+def _unpack(archive: Path, into: Path, runner: Runner) -> None:
+    if archive.suffix == ".deb":
+        runner.run(["dpkg-deb", "-x", archive, into])
+        return
+    with zipfile.ZipFile(archive) as z:
+        for member in z.infolist():
+            # Only plain relative names: a verified archive still must not write elsewhere.
+            if member.filename.startswith("/") or ".." in Path(member.filename).parts:
+                raise FirmwareMismatch(f"{archive.name}: unsafe member {member.filename!r}")
+        z.extractall(into)
+
+
 def extract(m: Manifest, deb: Path, target: Path, runner: Runner) -> dict[str, Path]:
-    """Take the manifest's files out of the verified package into `target`."""
+    """Take the manifest's files out of the verified package or archive into `target`."""
     with tempfile.TemporaryDirectory() as tmp:
-        runner.run(["dpkg-deb", "-x", deb, tmp])
+        _unpack(deb, Path(tmp), runner)
         out = {}
         for name, inside in m.files:
             src = Path(tmp) / inside.lstrip("/")

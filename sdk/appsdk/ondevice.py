@@ -148,11 +148,12 @@ def sysupdate_transfers(app: Appliance, layout: Layout, url: str) -> dict[str, s
         "90-uki.transfer": transfer({
             "Transfer": protect,
             "Source": {**source, "MatchPattern": names["uki"]},
-            # New UKIs start with 3 tries (+3-0); systemd-bless-boot drops the suffix.
+            # New UKIs start with boot.tries tries (+3-0); systemd-bless-boot drops the suffix.
             "Target": {"Type": "regular-file", "Path": "/EFI/Linux", "PathRelativeTo": "boot",
                        "MatchPattern": f"{app.id}_@v+@l-@d.efi {app.id}_@v+@l.efi "
                                        f"{app.id}_@v.efi",
-                       "Mode": "0444", "TriesLeft": 3, "TriesDone": 0, "InstancesMax": 2},
+                       "Mode": "0444", "TriesLeft": app.boot.tries, "TriesDone": 0,
+                       "InstancesMax": 2},
         }),
     }
 

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, bmap, keys
+from . import __version__, bmap, keys, rpi_boot
+from . import firmware as firmware_pins
 from .boards import Board, load_board
 from .buildinfo import BUILD_JSON, load_build
 from .config import Appliance, load_appliance
@@ -63,10 +64,12 @@ def build(
     runner: Runner | None = None,
     key_dir: Path | None = None,
     update_url: str | None = None,
+    firmware: str | None = None,
 ) -> BuildResult:
     """Build an appliance. `key_dir` is the update-signing key's GnuPG home (default:
     appliance.yaml update.key, else the per-user key directory); `update_url` overrides
-    appliance.yaml update.url (e.g. a lab server)."""
+    appliance.yaml update.url (e.g. a lab server); `firmware` picks one of the board's
+    firmware chains (default: appliance.yaml firmware, else the board's default)."""
     reporter = reporter or NullReporter()
     runner = runner or Runner()
     started = time.monotonic()
@@ -77,6 +80,11 @@ def build(
     if not brd.complete:
         reporter.emit(Event("info", "board",
                             f"warning: board {brd.name} is not complete yet (see its profile)"))
+    chain = firmware or app.firmware or brd.firmware_chain
+    if chain not in brd.firmware_options:
+        raise ConfigError(f"board {brd.name} has no firmware chain {chain!r}",
+                          file=None if firmware else str(app.source), field="firmware",
+                          hint="choose one of " + ", ".join(brd.firmware_options))
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
     output = (output or Path(source if Path(source).is_dir() else Path(source).parent) /
               "build" / f"{brd.name}").resolve()
@@ -121,9 +129,17 @@ def build(
         uki = build_uki(brd, custom.tree, custom.kernel, custom.kernel_version, initrd.path,
                         cmdline, staging / uki_name(app.id, app.version), tools, runner)
         r["message"] = f"({uki.path.stat().st_size / 1e6:.1f} MB)"
-    with stage(reporter, "esp", "systemd-boot, loader.conf, UKI"):
+    pinned = rpi_boot.components(brd, chain)
+    with stage(reporter, "esp", "systemd-boot, loader.conf, UKI"
+               + (f", {chain} firmware" if pinned else "")) as r:
+        manifests = firmware_pins.load_manifests()
+        # Fetched (or taken from the cache) and verified against the pins before use.
+        unpacked = firmware_pins.fetch(list(pinned), runner, manifests=manifests) if pinned else {}
+        additions = rpi_boot.esp_additions(
+            brd, chain, unpacked, rpi_boot.dtb_dir(custom.tree, custom.kernel_version), manifests)
         esp = build_esp_tree(brd, custom.tree, uki.path, app.id, app.version,
-                             work / "esp", epoch)
+                             work / "esp", epoch, additions)
+        r["message"] = f"({len(esp.files)} files)"
     with stage(reporter, "disk", "GPT image by systemd-repart") as r:
         disk = build_disk(layout, esp.root, usr.path, verity.path, staging / f"{base}.img",
                           disk_seed(app.id, app.version), work, tools, runner)
@@ -156,6 +172,9 @@ def build(
                          seconds=time.monotonic() - started)
     record = build_record(result, brd, app, rootfs.kernel_version, esp.files, disk.partitions,
                           block_map, tools_versions(runner, tools))
+    record["board"]["firmware_chain"] = chain
+    record["firmware"] = {name: {"version": manifests[name].version,
+                                 "sha256": manifests[name].sha256} for name in pinned}
     record["verity"] = {"roothash": verity.roothash}
     record["update"] = {"url": url, "signed_by": signing.fingerprint if signing else None,
                         "automatic": app.update.automatic}

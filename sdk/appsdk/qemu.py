@@ -26,39 +26,59 @@ class VmSpec:
     memory_mib: int | None = None
     accel: str = "tcg"
     no_reboot: bool = False
-    vars_file: Path | None = None
+    vars_file: Path | None = None  # UEFI variable store (firmware_vars); None for -bios
+    emulator: str | None = None  # one of the board's emulators; None: its first
+
+
+def firmware_file(ref: str, what: str, board: Board) -> Path | None:
+    """A firmware file named by host path or as component:file of a pinned manifest
+    (fetched and verified on first use). None if a host path does not exist."""
+    if ref.startswith("/"):
+        return Path(ref) if Path(ref).exists() else None
+    from .firmware import fetch
+
+    component, _, name = ref.partition(":")
+    path = fetch([component])[component] / name
+    if not path.is_file():
+        raise ConfigError(f"{what} {ref!r} of board {board.name}: {name} is not one of the "
+                          f"files of firmware {component}", file=str(board.source))
+    return path
 
 
 def first_existing(paths: tuple[str, ...], what: str, board: Board) -> Path:
     for candidate in paths:
-        if Path(candidate).exists():
-            return Path(candidate)
+        found = firmware_file(candidate, what, board)
+        if found is not None:
+            return found
     raise ToolMissing(f"{what} for board {board.name} not found (looked at {', '.join(paths)})",
                       hint="apt-get install ovmf (x86) or qemu-efi-aarch64 (arm64)")
 
 
-def firmware_vars(board: Board, directory: Path) -> Path:
-    """A private, writable copy of the UEFI variable store (never the system one)."""
-    emulator = emulator_of(board)
-    source = first_existing(emulator.firmware_vars, "UEFI variable store", board)
-    target = directory / f"{board.name}-efivars.fd"
+def firmware_vars(board: Board, directory: Path, emulator: str | None = None) -> Path | None:
+    """A private, writable copy of the UEFI variable store (never the system one); None
+    for firmware without one (U-Boot keeps its variables in a file on the ESP)."""
+    em = board.emulator_named(emulator)
+    if not em.firmware_vars:
+        return None
+    source = first_existing(em.firmware_vars, "UEFI variable store", board)
+    target = directory / f"{board.name}-{em.name}-efivars.fd"
     if not target.exists():
         shutil.copyfile(source, target)
     return target
 
 
-def emulator_of(board: Board) -> Emulator:
-    if board.emulator is None:
-        raise ConfigError(f"board {board.name} has no emulator profile", field="emulator",
-                          hint="boot it on real hardware, or use an emulated board")
-    return board.emulator
+def firmware_args(spec: VmSpec, em: Emulator) -> list[str]:
+    if em.bios:
+        return ["-bios", str(first_existing((em.bios,), "firmware", spec.board))]
+    code = first_existing(em.firmware_code, "UEFI firmware", spec.board)
+    if spec.vars_file is None:
+        raise ConfigError("internal: VmSpec.vars_file must be set for UEFI flash firmware")
+    return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={spec.vars_file}"]
 
 
 def qemu_argv(spec: VmSpec) -> list[str]:
-    em = emulator_of(spec.board)
-    code = first_existing(em.firmware_code, "UEFI firmware", spec.board)
-    if spec.vars_file is None:
-        raise ConfigError("internal: VmSpec.vars_file must be set")
+    em = spec.board.emulator_named(spec.emulator)
     drive = f"if=none,id=disk0,format=raw,file={spec.disk}"
     if spec.snapshot:
         drive += ",snapshot=on"
@@ -66,8 +86,7 @@ def qemu_argv(spec: VmSpec) -> list[str]:
         em.qemu, "-machine", em.machine, "-accel", spec.accel, "-cpu", em.cpu,
         "-smp", "2", "-m", str(spec.memory_mib or em.memory_mib),
         "-display", "none", "-nodefaults", "-no-user-config",
-        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
-        "-drive", f"if=pflash,format=raw,unit=1,file={spec.vars_file}",
+        *firmware_args(spec, em),
         "-drive", drive,
         # bootindex=0: without it OVMF tries other boot options first (+12 s).
         "-device", "virtio-blk-pci,drive=disk0,bootindex=0",

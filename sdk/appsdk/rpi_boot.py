@@ -74,15 +74,19 @@ def firmware_record(board: Board, chain: str, manifests: Mapping[str, Manifest])
     return "\n".join(lines) + "\n"
 
 
-def write_rpi_files(board: Board, chain: str, files: Mapping[str, Path],
-                    manifests: Mapping[str, Manifest], esp_root: Path) -> list[str]:
-    """Copy the resolved files, config.txt and the firmware record into an ESP tree."""
-    written = []
-    for esp_path, src in files.items():
-        dest = esp_root / esp_path
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(src.read_bytes())
-        written.append(esp_path)
-    (esp_root / "config.txt").write_text(config_txt(board, chain))
-    (esp_root / FIRMWARE_RECORD).write_text(firmware_record(board, chain, manifests))
-    return sorted([*written, "config.txt", FIRMWARE_RECORD])
+def esp_additions(board: Board, chain: str, unpacked: Mapping[str, Path], dtb_dir: Path,
+                  manifests: Mapping[str, Manifest]) -> dict[str, Path | str]:
+    """What the ESP carries for a firmware chain besides systemd-boot and the UKI: ESP path
+    -> a host file to copy, or generated text. Empty for a board without firmware files
+    (plain UEFI)."""
+    out: dict[str, Path | str] = dict(resolve(board, chain, unpacked, dtb_dir))
+    if board.config_txt:
+        out["config.txt"] = config_txt(board, chain)
+    if components(board, chain):
+        out[FIRMWARE_RECORD] = firmware_record(board, chain, manifests)
+    return out
+
+
+def dtb_dir(tree: Path, kernel_version: str) -> Path:
+    """Where Debian's kernel package keeps its device trees."""
+    return tree / "usr/lib" / f"linux-image-{kernel_version}"

@@ -40,3 +40,21 @@ def test_name_must_match_file(tmp_path: Path) -> None:
                     "console: ttyS0\n")
     with pytest.raises(ConfigError, match="must match the file name"):
         load_board_file(path)
+
+
+def test_rootfs_recipe_takes_the_kernel_the_board_needs() -> None:
+    from appsdk.config import load_appliance
+    from appsdk.stages.rootfs import mmdebstrap_argv, recipe_for
+
+    app = load_appliance(Path(__file__).resolve().parents[2] / "examples/hello")
+    x86 = recipe_for(app, load_board("x86-uefi"))
+    assert "linux-image-amd64" in x86.packages and x86.extra_suites == ()
+    rpi4 = recipe_for(app, load_board("rpi4"))
+    assert rpi4.arch == "arm64" and "linux-image-arm64" in rpi4.packages
+    # The Pi 5's SD and watchdog drivers are only in trixie-backports' kernel.
+    rpi5 = recipe_for(app, load_board("rpi5"))
+    assert "linux-image-arm64/trixie-backports" in rpi5.packages
+    argv = mmdebstrap_argv(rpi5, Path("/t"))
+    assert argv[-3:] == ["/t", "http://deb.debian.org/debian",
+                         "deb http://deb.debian.org/debian trixie-backports main"]
+    assert "--architectures=arm64" in argv

@@ -32,6 +32,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert app.partitions.var_min == 2048 * MiB
     assert app.console.autologin is False
     assert app.version == "1"
+    assert app.boot.tries == 3 and app.firmware is None
 
 
 @pytest.mark.parametrize(
@@ -53,6 +54,9 @@ def test_defaults(tmp_path: Path) -> None:
         ("version: '1'\n", 1, "id", "required"),
         ("id: ok\nversion: '1'\nschema: 2\n", 3, "schema", "not supported"),
         ("id: ok\nversion: '1'\nservices: [hello]\n", 3, "services[0]", "unit name"),
+        ("id: ok\nversion: '1'\nboot:\n  tries: 0\n", 4, "boot.tries", "at least 1"),
+        ("id: ok\nversion: '1'\nboot:\n  tries: 12\n", 4, "boot.tries", "at most 9"),
+        ("id: ok\nversion: '1'\nfirmware: 'UEFI please'\n", 3, "firmware", "firmware chain"),
     ],
 )
 def test_bad_files_name_file_line_and_field(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,55 @@ def test_manifest_errors_name_the_field(tmp_path: Path) -> None:
 
 def test_shipped_manifests_pin_every_component() -> None:
     manifests = load_manifests()
-    assert {"raspi-firmware", "u-boot-rpi", "u-boot-qemu", "qemu-efi-aarch64"} <= set(manifests)
+    assert {"raspi-firmware", "u-boot-rpi", "u-boot-qemu", "qemu-efi-aarch64",
+            "edk2-rpi4"} <= set(manifests)
+    assert manifests["edk2-rpi4"].url and manifests["edk2-rpi4"].url.startswith(
+        "https://github.com/pftf/RPi4/releases/download/")
     # The emulated U-Boot chain must be the same U-Boot the Pi profiles ship.
     assert manifests["u-boot-qemu"].version == manifests["u-boot-rpi"].version
     assert manifests["u-boot-rpi"].version >= "2025.07"  # EFI file rename (boot counting)
+
+
+def zip_manifest(tmp: Path, payload: dict[str, bytes], sha: str | None = None) -> tuple[Path, Path]:
+    archive = tmp / "offline" / "fw_v1.zip"
+    archive.parent.mkdir(exist_ok=True)
+    with zipfile.ZipFile(archive, "w") as z:
+        for name, data in payload.items():
+            z.writestr(name, data)
+    sha = sha or hashlib.sha256(archive.read_bytes()).hexdigest()
+    path = tmp / "manifests" / "zipfw.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f"name: zipfw\nversion: v1\nurl: https://example.invalid/fw_v1.zip\n"
+                    f"sha256: {sha}\nfiles:\n  EFI.fd: EFI.fd\n  overlays/a.dtbo: overlays/a.dtbo\n"
+                    "  start.elf: start.elf\nelf: [start.elf]\n")
+    return archive, path
+
+
+def test_zip_by_url_offline(tmp_path: Path, cache: Path) -> None:
+    archive, path = zip_manifest(tmp_path, {"EFI.fd": b"efi", "overlays/a.dtbo": b"dtbo",
+                                            "start.elf": ELF.read_bytes(), "extra": b"x"})
+    m = load_manifest(path)
+    assert m.origin("http://mirror.invalid") == "https://example.invalid/fw_v1.zip"
+    out = fetch(["zipfw"], offline=archive.parent, manifests={"zipfw": m})["zipfw"]
+    assert (out / "overlays/a.dtbo").read_bytes() == b"dtbo"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        ".complete", "EFI.fd", "overlays/a.dtbo", "start.elf"]
+
+
+def test_zip_mismatch_and_unsafe_members_are_refused(tmp_path: Path, cache: Path) -> None:
+    archive, path = zip_manifest(tmp_path, {"EFI.fd": b"efi"}, sha="cd" * 32)
+    with pytest.raises(FirmwareMismatch, match="refusing to use it"):
+        fetch(["zipfw"], offline=archive.parent, manifests={"zipfw": load_manifest(path)})
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    archive, path = zip_manifest(evil, {"../../escape": b"x", "EFI.fd": b"efi"})
+    with pytest.raises(FirmwareMismatch, match="unsafe member"):
+        fetch(["zipfw"], offline=archive.parent, manifests={"zipfw": load_manifest(path)})
+    assert not (tmp_path / "escape").exists()
+
+
+def test_manifest_needs_exactly_one_source(tmp_path: Path) -> None:
+    path = tmp_path / "x.yaml"
+    path.write_text("name: x\nversion: '1'\nsha256: " + "0" * 64 + "\nfiles: {a: b}\n")
+    with pytest.raises(ConfigError, match="exactly one source"):
+        load_manifest(path)

@@ -10,10 +10,18 @@ from appsdk.boards import load_board
 from appsdk.errors import BuildError, ConfigError
 from appsdk.firmware import load_manifests
 from appsdk.inspect import FIRMWARE_RECORD
-from appsdk.rpi_boot import chain_files, components, config_txt, resolve, write_rpi_files
+from appsdk.rpi_boot import (
+    chain_files,
+    components,
+    config_txt,
+    dtb_dir,
+    esp_additions,
+    resolve,
+)
+from appsdk.stages.esp import build_esp_tree
 
 RPI4_DTBS = ["bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb", "bcm2711-rpi-cm4.dtb"]
-RPI5_DTBS = ["bcm2712-d-rpi-5-b.dtb", "bcm2712-rpi-5-b.dtb", "bcm2712-rpi-cm5-cm5io.dtb"]
+RPI5_DTBS = ["bcm2712-d-rpi-5-b.dtb", "bcm2712-rpi-5-b.dtb"]
 
 EXPECTED = {
     ("rpi4", "rpi+uboot"): (
@@ -21,11 +29,12 @@ EXPECTED = {
         ["arm_64bit=1", "enable_uart=1", "uart_2ndstage=1", "disable_overscan=1",
          "kernel=u-boot.bin", "kernel_watchdog_timeout=15"]),
     ("rpi4", "rpi+edk2"): (
-        sorted([*RPI4_DTBS, "RPI_EFI.fd", "fixup4.dat", "start4.elf"]),
+        sorted([*RPI4_DTBS, "RPI_EFI.fd", "fixup4.dat", "start4.elf",
+                "overlays/miniuart-bt.dtbo", "overlays/upstream-pi4.dtbo"]),
         ["arm_64bit=1", "enable_uart=1", "uart_2ndstage=1", "disable_overscan=1",
          "armstub=RPI_EFI.fd", "enable_gic=1", "disable_commandline_tags=1",
-         "device_tree_address=0x1f0000", "device_tree_end=0x200000",
-         "dtoverlay=miniuart-bt", "kernel_watchdog_timeout=15"]),
+         "device_tree_address=0x3e0000", "device_tree_end=0x400000",
+         "dtoverlay=miniuart-bt", "dtoverlay=upstream-pi4", "kernel_watchdog_timeout=15"]),
     ("rpi5", "rpi+uboot"): (
         sorted([*RPI5_DTBS, "u-boot.bin"]),  # Pi 5 firmware lives in EEPROM: no start*.elf
         ["arm_64bit=1", "enable_uart=1", "uart_2ndstage=1", "kernel=u-boot.bin",
@@ -42,8 +51,9 @@ def test_exact_esp_files_and_config_txt(board: str, chain: str) -> None:
     assert text.startswith(f"# appsdk: {board}, firmware chain {chain}.")
     assert text.splitlines()[1:] == lines
     # The firmware DT is passed through: no chain puts a .dtb into the UKI, and every
-    # DTB on the ESP comes from the kernel package.
-    assert all(f.kind == "dtb" for f in chain_files(b, chain) if f.esp_path.endswith(".dtb"))
+    # DTB on the ESP comes from the kernel package (EDK2: from pftf's tested set).
+    assert all(f.kind in ("dtb", "edk2-rpi4") for f in chain_files(b, chain)
+               if f.esp_path.endswith(".dtb"))
 
 
 def test_uboot_chains_use_the_pinned_uboot_and_firmware() -> None:
@@ -58,31 +68,67 @@ def test_chain_the_board_does_not_offer_is_refused() -> None:
         chain_files(load_board("rpi5"), "rpi+edk2")
 
 
-def test_resolve_and_write(tmp_path: Path) -> None:
+def fake_inputs(tmp: Path, board: str, chain: str) -> tuple[dict[str, Path], Path, Path]:
+    """Unpacked components (every pinned file, content = its name), a kernel dtb directory
+    and an OS tree with systemd-boot: what esp_additions and build_esp_tree read."""
+    manifests = load_manifests()
+    b = load_board(board)
+    unpacked = {}
+    for name in components(b, chain):
+        unpacked[name] = tmp / "fw" / name
+        for file, _ in manifests[name].files:
+            (unpacked[name] / file).parent.mkdir(parents=True, exist_ok=True)
+            (unpacked[name] / file).write_bytes(file.encode())
+    tree = tmp / "tree"
+    dtbs = dtb_dir(tree, "6.12.0-test-arm64")
+    for f in chain_files(b, chain):
+        if f.kind == "dtb":
+            (dtbs / f.path).parent.mkdir(parents=True, exist_ok=True)
+            (dtbs / f.path).write_bytes(f.path.encode())
+    efi = tree / "usr/lib/systemd/boot/efi"
+    efi.mkdir(parents=True)
+    (efi / f"systemd-boot{b.efi_arch}.efi").write_bytes(b"sd-boot")
+    return unpacked, dtbs, tree
+
+
+@pytest.mark.parametrize("board, chain", sorted(EXPECTED))
+def test_exact_esp_tree(board: str, chain: str, tmp_path: Path) -> None:
+    b = load_board(board)
+    unpacked, dtbs, tree = fake_inputs(tmp_path, board, chain)
+    uki = tmp_path / "hello.efi"
+    uki.write_bytes(b"uki")
+    additions = esp_additions(b, chain, unpacked, dtbs, load_manifests())
+    esp = build_esp_tree(b, tree, uki, "hello", "1.0", tmp_path / "esp", 0, additions)
+    assert list(esp.files) == sorted([
+        *EXPECTED[(board, chain)][0], "config.txt", FIRMWARE_RECORD,
+        "EFI/BOOT/BOOTAA64.EFI", "EFI/systemd/systemd-bootaa64.efi", "EFI/Linux/hello_1.0.efi",
+        "loader/loader.conf"])
+    root = esp.root
+    assert (root / "config.txt").read_text() == config_txt(b, chain)
+    assert (root / "EFI/BOOT/BOOTAA64.EFI").read_bytes() == b"sd-boot"
+    record = (root / FIRMWARE_RECORD).read_text().splitlines()
+    manifests = load_manifests()
+    assert record[1:] == [f"{n} {manifests[n].version} {manifests[n].sha256}"
+                          for n in components(b, chain)]
+    if chain == "rpi+uboot":
+        assert (root / "u-boot.bin").read_bytes() == b"u-boot.bin"
+    else:
+        assert (root / "RPI_EFI.fd").read_bytes() == b"RPI_EFI.fd"
+
+
+def test_x86_esp_has_no_firmware_files(tmp_path: Path) -> None:
+    assert esp_additions(load_board("x86-uefi"), "uefi", {}, tmp_path, load_manifests()) == {}
+
+
+def test_missing_inputs_are_named(tmp_path: Path) -> None:
     board = load_board("rpi4")
-    fw = {"raspi-firmware": tmp_path / "fw", "u-boot-rpi": tmp_path / "ub"}
-    for d, names in ((fw["raspi-firmware"], ["start4.elf", "fixup4.dat"]),
-                     (fw["u-boot-rpi"], ["u-boot.bin"])):
-        d.mkdir()
-        for n in names:
-            (d / n).write_bytes(n.encode())
-    dtbs = tmp_path / "dtbs/broadcom"
-    dtbs.mkdir(parents=True)
-    for n in RPI4_DTBS:
-        (dtbs / n).write_bytes(n.encode())
-    files = resolve(board, "rpi+uboot", fw, tmp_path / "dtbs")
-    esp = tmp_path / "esp"
-    written = write_rpi_files(board, "rpi+uboot", files, load_manifests(), esp)
-    assert written == sorted([*EXPECTED[("rpi4", "rpi+uboot")][0], "config.txt",
-                              FIRMWARE_RECORD])
-    assert (esp / "u-boot.bin").read_bytes() == b"u-boot.bin"
-    record = (esp / FIRMWARE_RECORD).read_text().splitlines()
-    assert record[1].startswith("raspi-firmware 1.20240424+ds-6 f95a3d3c")
-    assert record[2].startswith("u-boot-rpi 2026.10~rc5-1 44c33795")
+    unpacked, dtbs, _ = fake_inputs(tmp_path, "rpi4", "rpi+uboot")
     # A DTB missing from the kernel package is a build error naming it.
-    (dtbs / "bcm2711-rpi-cm4.dtb").unlink()
-    with pytest.raises(BuildError, match=r"bcm2711-rpi-cm4\.dtb"):
-        resolve(board, "rpi+uboot", fw, tmp_path / "dtbs")
-    # EDK2 has no pinned manifest yet: resolving that chain says so.
-    with pytest.raises(BuildError, match=r"'edk2-rpi4'.*no pinned manifest"):
-        resolve(board, "rpi+edk2", fw, tmp_path / "dtbs")
+    (dtbs / "broadcom/bcm2711-rpi-cm4-io.dtb").unlink()
+    with pytest.raises(BuildError, match=r"bcm2711-rpi-cm4\.dtb: .*bcm2711-rpi-cm4-io\.dtb"):
+        resolve(board, "rpi+uboot", unpacked, dtbs)
+    # So is a component nobody fetched.
+    del unpacked["u-boot-rpi"]
+    (dtbs / "broadcom/bcm2711-rpi-cm4-io.dtb").write_bytes(b"x")
+    with pytest.raises(BuildError, match=r"'u-boot-rpi' \(for u-boot.bin\)"):
+        resolve(board, "rpi+uboot", unpacked, dtbs)

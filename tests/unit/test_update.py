@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import hashlib
 import shutil
 import subprocess
@@ -23,9 +24,12 @@ REPO = Path(__file__).resolve().parents[2]
 needs_gpg = pytest.mark.skipif(shutil.which("gpg") is None, reason="gpg not installed")
 
 
-def transfers() -> dict[str, configparser.ConfigParser]:
+def transfers(tries: int | None = None, board: str = "x86-uefi"
+              ) -> dict[str, configparser.ConfigParser]:
     app = load_appliance(REPO / "examples/hello")
-    layout = layout_for(app, load_board("x86-uefi"))
+    if tries is not None:
+        app = dataclasses.replace(app, boot=dataclasses.replace(app.boot, tries=tries))
+    layout = layout_for(app, load_board(board))
     out = {}
     for name, text in sysupdate_transfers(app, layout, "https://updates.example.com/hello").items():
         parser = configparser.ConfigParser(interpolation=None)
@@ -64,6 +68,13 @@ def test_uki_target_counts_boots() -> None:
                                               "hello_@v.efi"]
     assert (target["TriesLeft"], target["TriesDone"]) == ("3", "0")
     assert target["PathRelativeTo"] == "boot" and target["Path"] == "/EFI/Linux"
+    # boot.tries in appliance.yaml sets the count new versions start with.
+    assert transfers(tries=1)["90-uki.transfer"]["Target"]["TriesLeft"] == "1"
+
+
+def test_arm64_targets_use_arm64_partition_types() -> None:
+    usr = transfers(board="rpi4")["50-usr.transfer"]
+    assert usr["Target"]["MatchPartitionType"] == "usr-arm64"
 
 
 def test_update_names_match_source_patterns() -> None:

@@ -117,16 +117,18 @@ def watch_boot(vm: Vm, up_pattern: str, timeout: float = 600) -> tuple[str, str]
 
 
 @contextlib.contextmanager
-def vm_boot(disk: Path, vars_fd: Path, log_dir: Path, name: str,
-            board: str = "x86-uefi", retry_early_panic: bool = False) -> Iterator[Vm]:
+def vm_boot(disk: Path, vars_fd: Path | None, log_dir: Path, name: str,
+            board: str = "x86-uefi", retry_early_panic: bool = False,
+            emulator: str | None = None) -> Iterator[Vm]:
     """Boot a disk with appsdk's QEMU command line for the board (TCG, serial on a free
-    port, -no-reboot so every reset or power-off ends the process: one boot, one Vm)."""
+    port, -no-reboot so every reset or power-off ends the process: one boot, one Vm).
+    `vars_fd`: the machine's UEFI variable store (firmware_vars), kept across its boots."""
     from appsdk.boards import load_board
     from appsdk.qemu import VmSpec, qemu_argv
 
     port = free_port()
     spec = VmSpec(board=load_board(board), disk=disk, snapshot=False, serial_port=port,
-                  accel="tcg", no_reboot=True, vars_file=vars_fd)
+                  accel="tcg", no_reboot=True, vars_file=vars_fd, emulator=emulator)
     with running(qemu_argv(spec), port, log_dir, name, retry_early_panic) as vm:
         yield vm
 

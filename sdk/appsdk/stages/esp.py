@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,10 @@ def uki_name(app_id: str, version: str) -> str:
 
 
 def build_esp_tree(board: Board, tree: Path, uki: Path, app_id: str, version: str,
-                   root: Path, epoch: int) -> EspTree:
+                   root: Path, epoch: int,
+                   additions: Mapping[str, Path | str] | None = None) -> EspTree:
+    """`additions`: ESP path -> host file or text, e.g. a Raspberry Pi firmware chain's
+    files and config.txt (rpi_boot.esp_additions)."""
     if root.exists():
         shutil.rmtree(root)
     arch = board.efi_arch
@@ -40,10 +44,13 @@ def build_esp_tree(board: Board, tree: Path, uki: Path, app_id: str, version: st
         f"EFI/systemd/systemd-boot{arch}.efi": sdboot,
         f"EFI/Linux/{uki_name(app_id, version)}": uki,
     }
-    for rel, src in files.items():
+    for rel, src in {**(additions or {}), **files}.items():
         dest = root / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
+        if isinstance(src, str):
+            dest.write_text(src)
+        else:
+            shutil.copyfile(src, dest)
     (root / "loader").mkdir(parents=True, exist_ok=True)
     (root / "loader/loader.conf").write_text(LOADER_CONF)
     # FAT stores timestamps: pin them so the ESP is byte-for-byte reproducible.

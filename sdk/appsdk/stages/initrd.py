@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..boards import Board
 from ..cache import cached_dir, hash_tree, key_of
+from ..foreign import check_binfmt
 from ..progress import Reporter
 from ..runner import Runner
 from ..sandbox import Sandbox
@@ -45,6 +46,7 @@ def build_initrd(board: Board, custom: Customized, rootfs_key: str, runner: Runn
     key = key_of("initrd", rootfs_key, hash_tree(module), dracut_argv(board, "K", Path("o")))
 
     def make(tmp: Path) -> None:
+        check_binfmt(board.debian_arch)  # dracut runs inside the (maybe foreign) tree
         Sandbox(custom.tree, binds=(tmp,)).run(
             runner, dracut_argv(board, custom.kernel_version, tmp / "initrd.img"),
             env={"SOURCE_DATE_EPOCH": "0"}, timeout=1800)

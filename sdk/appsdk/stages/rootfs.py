@@ -10,6 +10,7 @@ from ..boards import Board
 from ..cache import cached_dir, key_of
 from ..config import Appliance
 from ..errors import BuildError
+from ..foreign import check_binfmt
 from ..progress import Event, Reporter
 from ..runner import Runner, require
 from ..tools import DPKG_EXCLUDES
@@ -33,6 +34,7 @@ class RootfsRecipe:
     components: tuple[str, ...]
     arch: str
     packages: tuple[str, ...]
+    extra_suites: tuple[str, ...] = ()  # e.g. trixie-backports, for pkg/suite packages
 
 
 @dataclass(frozen=True)
@@ -44,13 +46,23 @@ class Rootfs:
 
 
 def recipe_for(app: Appliance, board: Board) -> RootfsRecipe:
-    packages = sorted({*BASE_PACKAGES, board.kernel_package, *app.base.packages})
+    kernel = board.kernel_package
+    extra: set[str] = set()
+    if board.kernel_backports:
+        # A board whose hardware needs a newer kernel than the release has (Pi 5).
+        extra.add(f"{app.base.suite}-backports")
+        kernel = f"{kernel}/{app.base.suite}-backports"
+    # A package pinned as name/suite (appliance.yaml) needs that suite's sources too.
+    extra |= {p.split("/", 1)[1] for p in app.base.packages if "/" in p}
+    extra.discard(app.base.suite)
+    packages = sorted({*BASE_PACKAGES, kernel, *app.base.packages})
     return RootfsRecipe(
         suite=app.base.suite,
         mirror=app.base.mirror,
         components=app.base.components,
         arch=board.debian_arch,
         packages=tuple(packages),
+        extra_suites=tuple(sorted(extra)),
     )
 
 
@@ -64,17 +76,26 @@ def mmdebstrap_argv(recipe: RootfsRecipe, target: Path) -> list[str]:
         # The kernel's install hooks build a host initrd we never use; drop it from the cache.
         '--customize-hook=rm -f "$1"/boot/initrd.img*',
         recipe.suite, str(target), recipe.mirror,
+        *(f"deb {recipe.mirror} {suite} {' '.join(recipe.components)}"
+          for suite in recipe.extra_suites),
     ]
 
 
 def build_rootfs(recipe: RootfsRecipe, runner: Runner, reporter: Reporter) -> Rootfs:
-    key = key_of("rootfs", asdict(recipe))
+    fields = asdict(recipe)
+    if not recipe.extra_suites:
+        del fields["extra_suites"]  # the key of recipes from before the field existed
+    key = key_of("rootfs", fields)
 
     def make(tmp: Path) -> None:
         require("mmdebstrap")
+        check_binfmt(recipe.arch)
         reporter.emit(Event("info", "rootfs", f"mmdebstrap {recipe.suite}/{recipe.arch}: "
                             f"{len(recipe.packages)} packages"))
-        runner.run(mmdebstrap_argv(recipe, tmp / "tree"), env={"SOURCE_DATE_EPOCH": "0"},
+        # INITRD=No: the kernel hooks would build a host initrd we delete anyway (minutes
+        # under qemu-user for a foreign architecture).
+        runner.run(mmdebstrap_argv(recipe, tmp / "tree"),
+                   env={"SOURCE_DATE_EPOCH": "0", "INITRD": "No"},
                    timeout=3600)
 
     path, cached = cached_dir("rootfs", key, make)
