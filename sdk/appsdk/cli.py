@@ -349,6 +349,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .boards import load_board
     from .buildinfo import locate_image
+    from .foreign import needs_emulation
     from .qemu import (
         VmSpec,
         firmware_vars,
@@ -364,7 +365,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     disk = prepare_disk(image, args.disk, size)
     accel = args.accel
     if accel == "auto":
-        accel = "kvm" if kvm_works(board.emulator_named(args.emulator).qemu) else "tcg"
+        # KVM only runs guests of the host's own architecture.
+        accel = ("kvm" if not needs_emulation(board.debian_arch)
+                 and kvm_works(board.emulator_named(args.emulator).qemu) else "tcg")
     forward = tuple(tuple(int(x) for x in f.split(":", 1)) for f in args.forward)
     spec = VmSpec(board=board, disk=disk, snapshot=not (args.in_place or args.disk),
                   serial_port=args.serial_port, forward=forward,  # type: ignore[arg-type]
@@ -547,7 +550,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(info)
         return 0
-    print(f"image:     {info['id']} {info['version']}  (board {info['board']})")
+    chain = f", firmware {info['firmware_chain']}" if info.get("firmware_chain") else ""
+    print(f"image:     {info['id']} {info['version']}  (board {info['board']}{chain})")
     print(f"disk:      {info['image_size']} bytes, GPT {info['disk_guid']}")
     for p in info["partitions"]:
         print(f"  {p['label']:<14} {p['type']:<22} offset {p['offset']:>12}  "

@@ -4,6 +4,7 @@ os-release, systemd-boot's version, and the firmware versions appsdk recorded on
 
 from __future__ import annotations
 
+import re
 import struct
 import tempfile
 import uuid
@@ -93,6 +94,7 @@ def inspect(target: Path, runner: Runner | None = None) -> dict[str, Any]:
     info: dict[str, Any] = {
         "image": str(image), "image_size": image.stat().st_size,
         "board": record["board"]["name"] if record else None,
+        "firmware_chain": record["board"].get("firmware_chain") if record else None,
         **gpt, "esp_files": [], "firmware": {}, "id": None, "version": None,
         "cmdline": None, "systemd_boot": None,
     }
@@ -118,7 +120,13 @@ def inspect(target: Path, runner: Runner | None = None) -> dict[str, Any]:
             info["systemd_boot"] = magic.replace("#### LoaderInfo:", "").strip(" #")
         record_file = root / FIRMWARE_RECORD
         if record_file.is_file():
-            for line in record_file.read_text().splitlines():
+            text = record_file.read_text()
+            # A bare image (no build.json) still names its board and chain on the ESP.
+            head = re.match(r"# appsdk: firmware on this ESP \(([\w.-]+), ([\w+.-]+)\)", text)
+            if head:
+                info["board"] = info["board"] or head.group(1)
+                info["firmware_chain"] = info["firmware_chain"] or head.group(2)
+            for line in text.splitlines():
                 parts = line.split()
                 if len(parts) == 3 and not line.startswith("#"):
                     info["firmware"][parts[0]] = {"version": parts[1], "sha256": parts[2]}

@@ -106,7 +106,10 @@ def fstab() -> str:
         "# appsdk: / is a tmpfs, /usr comes from the kernel command line, /var persists.\n"
         f"PARTLABEL={VAR_LABEL} /var ext4 "
         "defaults,x-systemd.after=systemd-repart.service,x-systemd.device-timeout=60s 0 2\n"
-        "PARTLABEL=esp /efi vfat umask=0077,nofail,x-systemd.device-timeout=30s 0 0\n"
+        # nofail: boot does not wait for it, only what needs /efi does; so wait long. A
+        # short timeout (30 s) expired under emulation, and a device without /efi cannot
+        # bless a good update: boot counting would then roll it back.
+        "PARTLABEL=esp /efi vfat umask=0077,nofail,x-systemd.device-timeout=300s 0 0\n"
     )
 
 

@@ -111,6 +111,10 @@ def build(
     with stage(reporter, "customize", "overlay, identity, on-device units") as r:
         custom = customize(app, layout, rootfs, work, runner, update_url=url,
                            pubring=signing.public_keyring if signing else None, board=brd)
+        if custom.absent_excludes:
+            r["message"] = (f"(kernel {custom.kernel_version} has no "
+                            f"{', '.join(custom.absent_excludes)}: kernel.modules_exclude "
+                            "entries ignored; check them for typos)")
     with stage(reporter, "initrd", "dracut") as r:
         initrd = build_initrd(brd, custom, rootfs.key, runner, reporter)
         r["message"] = "(cached)" if initrd.cached else ""
@@ -136,7 +140,7 @@ def build(
         # Fetched (or taken from the cache) and verified against the pins before use.
         unpacked = firmware_pins.fetch(list(pinned), runner, manifests=manifests) if pinned else {}
         additions = rpi_boot.esp_additions(
-            brd, chain, unpacked, rpi_boot.dtb_dir(custom.tree, custom.kernel_version), manifests)
+            brd, chain, unpacked, rpi_boot.dtb_dir(rootfs.tree, rootfs.kernel_version), manifests)
         esp = build_esp_tree(brd, custom.tree, uki.path, app.id, app.version,
                              work / "esp", epoch, additions)
         r["message"] = f"({len(esp.files)} files)"

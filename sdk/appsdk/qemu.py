@@ -111,7 +111,7 @@ def kvm_works(qemu: str) -> bool:
     """KVM is only used if a short probe run under it survives; the answer is cached."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
-    marker = cache_root() / "kvm-probe"
+    marker = cache_root() / f"kvm-probe-{Path(qemu).name}"
     if marker.exists():
         return marker.read_text().strip() == "yes"
     try:
