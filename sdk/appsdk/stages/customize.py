@@ -3,6 +3,7 @@ on-device units, factory /etc), in a fresh copy so the cached rootfs stays prist
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from importlib import resources
@@ -25,7 +26,7 @@ from ..ondevice import (
 )
 from ..runner import Runner
 from ..sandbox import Sandbox
-from .rootfs import Rootfs, copy_tree
+from .rootfs import Rootfs, copy_tree, kernel_image
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,8 @@ def customize(app: Appliance, layout: Layout, rootfs: Rootfs, work: Path, runner
     tree = work / "tree"
     copy_tree(runner, rootfs.tree, tree)
     kernel = work / "vmlinuz"
-    shutil.copyfile(tree / "boot" / f"vmlinuz-{rootfs.kernel_version}", kernel)
-    # Device trees for every arm64 board (56 MB on Debian's arm64 kernel): a board that
-    # needs some gets them on its ESP from the firmware chain (rpi_boot, read from the
-    # rootfs); nothing reads them from /usr.
-    shutil.rmtree(tree / "usr/lib" / f"linux-image-{rootfs.kernel_version}", ignore_errors=True)
+    shutil.copyfile(kernel_image(tree, rootfs.kernel_version), kernel)
+    drop_device_trees(tree, rootfs.kernel_version)
 
     if app.overlay:
         for top in ("usr", "etc"):
@@ -92,6 +90,22 @@ def customize(app: Appliance, layout: Layout, rootfs: Rootfs, work: Path, runner
     runner.run(["cp", "-a", f"{tree / 'etc'}/.", str(factory)])
     return Customized(tree=tree, kernel=kernel, kernel_version=rootfs.kernel_version,
                       absent_excludes=tuple(absent))
+
+
+def drop_device_trees(tree: Path, kernel_version: str) -> None:
+    """Device trees for every arm64 board (56 MB with Debian's arm64 kernel) leave /usr: a
+    board that needs some gets them on its ESP from its firmware chain (rpi_boot reads them
+    from the cached rootfs); nothing reads them from /usr. Newer kernels make the directory
+    a link to modules/V/dtb, resolved inside the tree so no link can reach the host."""
+    dtbs = tree / "usr/lib" / f"linux-image-{kernel_version}"
+    if not dtbs.is_symlink():
+        shutil.rmtree(dtbs, ignore_errors=True)
+        return
+    link = Path(os.readlink(dtbs))
+    target = (tree / link.relative_to("/")) if link.is_absolute() else dtbs.parent / link
+    if target.resolve().is_relative_to(tree.resolve()):
+        shutil.rmtree(target, ignore_errors=True)
+    dtbs.unlink()
 
 
 def prune_modules(tree: Path, kernel_version: str, excluded: tuple[str, ...],

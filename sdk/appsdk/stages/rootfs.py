@@ -107,9 +107,19 @@ def kernel_version(tree: Path) -> str:
     versions = sorted(p.name for p in (tree / "usr/lib/modules").glob("*") if p.is_dir())
     if len(versions) != 1:
         raise BuildError(f"expected exactly one kernel in {tree}/usr/lib/modules, found {versions}")
-    if not (tree / "boot" / f"vmlinuz-{versions[0]}").exists():
-        raise BuildError(f"kernel image /boot/vmlinuz-{versions[0]} missing in {tree}")
+    kernel_image(tree, versions[0])
     return versions[0]
+
+
+def kernel_image(tree: Path, version: str) -> Path:
+    """The kernel of a tree: /boot/vmlinuz-V (trixie), or the image kept with its modules
+    (newer Debian kernels, e.g. trixie-backports' 7.x, may only ship that)."""
+    for candidate in (tree / "boot" / f"vmlinuz-{version}",
+                      tree / "usr/lib/modules" / version / "vmlinuz"):
+        if candidate.exists():
+            return candidate
+    raise BuildError(f"kernel image for {version} missing in {tree} (looked in /boot and "
+                     f"/usr/lib/modules/{version})")
 
 
 def copy_tree(runner: Runner, src: Path, dst: Path) -> None:
