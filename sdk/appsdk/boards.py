@@ -36,6 +36,7 @@ class Emulator:
     bios: str | None  # a firmware given with -bios (U-Boot keeps its variables on the ESP)
     watchdog: str | None
     extra_args: tuple[str, ...] = ()
+    console: str | None = None  # the tty Linux sees the emulated UART as (ttyS0, ttyAMA0)
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,8 @@ def load_board_file(path: Path) -> Board:
         all_em = top.sub("emulators", set(top.raw("emulators") or {}))
         for em_name in all_em.data:
             em = all_em.sub(em_name, {"qemu", "machine", "cpu", "memory_mib", "firmware_code",
-                                      "firmware_vars", "bios", "watchdog", "extra_args"})
+                                      "firmware_vars", "bios", "watchdog", "extra_args",
+                                      "console"})
             bios = em.text("bios") if em.has("bios") else None
             if bool(bios) == em.has("firmware_code"):
                 raise src.error(("emulators", em_name),
@@ -174,6 +176,7 @@ def load_board_file(path: Path) -> Board:
                 bios=bios,
                 watchdog=em.text("watchdog") if em.has("watchdog") else None,
                 extra_args=em.texts("extra_args"),
+                console=em.text("console") if em.has("console") else None,
             ))
 
     return Board(

@@ -374,6 +374,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                   accel=accel, emulator=args.emulator,
                   vars_file=firmware_vars(board, scratch_dir(), args.emulator))
     argv = qemu_argv(spec)
+    em = board.emulator_named(args.emulator)
+    cmdline = record.get("cmdline", "") if record else ""
+    if em.console and cmdline and f"console={em.console}" not in cmdline:
+        print(f"appsdk: note: the image's kernel console is not {em.console}, the UART of "
+              f"emulator {em.name}: after the firmware's output the console stays quiet. "
+              f"Add console={em.console},115200 to kernel.cmdline in "
+              "appliance.yaml to see Linux there.", file=sys.stderr)
     if args.print_only:
         print(" ".join(argv))
         return 0

@@ -18,6 +18,16 @@ def test_all_profiles_load() -> None:
     assert boards["rpi4"].firmware_options == ("rpi+uboot", "rpi+edk2")
     assert boards["rpi4"].watchdog is not None and boards["rpi4"].watchdog.max_timeout_s <= 16
     assert boards["rpi5"].efi_arch == "aa64"
+    # Emulated stand-ins, first is the default; each names the UART Linux sees there.
+    rpi4 = boards["rpi4"]
+    assert [e.name for e in rpi4.emulators] == ["virt-uboot", "virt-edk2"]
+    assert rpi4.emulator_named(None).bios == "u-boot-qemu:qemu_arm64/u-boot.bin"
+    assert rpi4.emulator_named("virt-edk2").firmware_code == ("qemu-efi-aarch64:AAVMF_CODE.fd",)
+    assert {e.console for e in rpi4.emulators} == {"ttyAMA0"}
+    with pytest.raises(ConfigError, match="no emulator 'raspi4b'"):
+        rpi4.emulator_named("raspi4b")
+    with pytest.raises(ConfigError, match="no emulator profile"):
+        boards["rpi5"].emulator_named(None)
 
 
 def test_unknown_board_lists_known() -> None:
