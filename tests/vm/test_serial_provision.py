@@ -171,8 +171,12 @@ def test_noisy_line_still_delivers_the_right_bytes(provisioned: dict[str, object
 
 def test_hopeless_line_fails_clearly_and_installs_nothing(
         provisioned: dict[str, object]) -> None:
-    assert "gave up after 3 failed chunks" in str(provisioned["hopeless"]) or \
-        "stopped answering" in str(provisioned["hopeless"])
+    # Where a hopeless line breaks first is chance: a chunk that never arrives intact, a
+    # command whose retries all fail, or a console that goes silent. Each is a PushFailed
+    # that says which.
+    message = str(provisioned["hopeless"])
+    assert any(words in message for words in (
+        "gave up after 3 failed chunks", "kept failing", "stopped answering")), message
     # Nothing under the destination's name; a partial `.appsdk-part` may stay behind when
     # the console itself stops answering (it cannot be removed through a dead line).
     assert "hopeless.bin" not in str(provisioned["hopeless_files"]).split()
