@@ -73,6 +73,14 @@ class Board:
         raise ConfigError(f"board {self.name} has no emulator {name!r}",
                           hint="choose one of " + ", ".join(e.name for e in self.emulators))
 
+    def check_chain(self, chain: str, file: str | None = None) -> str:
+        """`chain` if this board offers it, else a ConfigError naming the choices."""
+        if chain not in self.firmware_options:
+            raise ConfigError(f"board {self.name} has no firmware chain {chain!r}", file=file,
+                              field="firmware" if file else None,
+                              hint="choose one of " + ", ".join(self.firmware_options))
+        return chain
+
     @property
     def debian_arch(self) -> str:
         return ARCHES[self.arch][0]

@@ -443,8 +443,8 @@ def cmd_flash(args: argparse.Namespace) -> int:
     else:
         print(f"flashed {result.image.name} to {result.device.identity}: "
               f"{result.written / 1e6:.0f} MB in {result.write_seconds:.1f}s"
-              + (f", verified in {result.verify_seconds:.1f}s (sha256 {result.digest[:16]}...)"
-                 if result.digest else ", NOT verified"))
+              + (f", verified as it went, {result.verify_seconds:.1f}s more "
+                 f"(sha256 {result.digest[:16]}...)" if result.digest else ", NOT verified"))
     return 0
 
 
@@ -581,7 +581,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
     source = open_source(args.source)
     reporter = _reporter(args)
-    watcher = UdevWatcher(rpiboot=args.rpiboot, rpiboot_dir=args.rpiboot_dir)
+    watcher = UdevWatcher(rpiboot=args.rpiboot, rpiboot_dir=args.rpiboot_dir,
+                          reporter=reporter)
     reports = provision_usb(source, watcher, count=args.count,
                             board=args.board, timeout=args.timeout, reporter=reporter,
                             on_report=lambda r: print(

@@ -7,6 +7,12 @@ Order of writes:
      its last MiB (a stale backup GPT): from here on the disk carries no partition table;
   2. every mapped range except the image's head and tail (its backup GPT);
   3. flush; the image's tail; flush; the image's head; flush.
+
+Verification reads behind the writer: a range inside the body is read back (O_DIRECT, on a
+second descriptor) and hashed as soon as a flush has covered it, so hashing overlaps with
+the device's writing; ranges that touch the head or the tail are read after the last flush.
+A range that differs stops the writer early (the head, written last, is still zeros); one
+found after the head was written clears the head again.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ MiB = 1024 * 1024
 HEAD = 64 * 1024  # protective MBR, GPT header and entries, for 512- and 4096-byte sectors
 TAIL = MiB  # the backup GPT lives in the last 33 sectors; clear generously
 CHUNK = 8 * MiB
-SYNC_EVERY = 256 * MiB
+SYNC_EVERY = 32 * MiB  # also how far the verifier may lag behind the writer
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,7 @@ class FlashResult:
     image: Path
     written: int  # bytes written, zeroing included
     write_seconds: float
-    verify_seconds: float
+    verify_seconds: float  # read-back time after the last write (it runs behind the writer)
     digest: str  # sha256 over the mapped ranges as read back from the device
 
     @property
@@ -107,34 +113,107 @@ def _round_up(n: int, align: int) -> int:
 
 
 class _Meter:
-    """Progress events at most twice a second: bytes, MB/s, ETA."""
+    """Progress events at most twice a second: bytes, MB/s, ETA. Thread-safe: when a
+    verifier reads behind the writer, both count here (`verified` of `verify_total`)."""
 
-    def __init__(self, reporter: Reporter, stage: str, total: int) -> None:
+    def __init__(self, reporter: Reporter, stage: str, total: int,
+                 verify_total: int = 0) -> None:
         self.reporter, self.stage, self.total = reporter, stage, total
-        self.done = 0
+        self.verify_total = verify_total
+        self.done = self.verified = 0
         self.start = self.last = time.monotonic()
+        self.lock = threading.Lock()
 
     def add(self, n: int) -> None:
-        self.done += n
+        with self.lock:
+            self.done += n
+            self._maybe_emit()
+
+    def add_verified(self, n: int) -> None:
+        with self.lock:
+            self.verified += n
+            self._maybe_emit()
+
+    def _maybe_emit(self) -> None:
         now = time.monotonic()
-        if now - self.last >= 0.5 or self.done >= self.total:
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-6)
-            eta = (self.total - self.done) / rate if rate else 0.0
-            self.reporter.emit(Event(
-                "progress", self.stage,
-                f"{self.stage} {self.done / MiB:.0f}/{self.total / MiB:.0f} MiB "
-                f"{rate / 1e6:.1f} MB/s ETA {eta:.0f}s",
-                data={"done": self.done, "total": self.total,
-                      "mb_per_s": round(rate / 1e6, 1), "eta_s": round(eta, 1)}))
+        finished = self.done >= self.total and self.verified >= self.verify_total
+        if now - self.last < 0.5 and not finished:
+            return
+        self.last = now
+        elapsed = max(now - self.start, 1e-6)
+        rate = (self.done or self.verified) / elapsed
+        left = self.total - self.done + self.verify_total - self.verified
+        done_all = self.done + self.verified
+        eta = left * elapsed / done_all if done_all else 0.0
+        parts: list[str] = []
+        data: dict[str, object] = {}
+        if self.total:
+            parts.append(f"written {self.done / MiB:.0f}/{self.total / MiB:.0f} MiB")
+            data.update(done=self.done, total=self.total)
+        if self.verify_total:
+            parts.append(f"verified {self.verified / MiB:.0f}/{self.verify_total / MiB:.0f} MiB")
+            data.update(verified=self.verified, verify_total=self.verify_total)
+        text = ", ".join(parts)
+        data.update(mb_per_s=round(rate / 1e6, 1), eta_s=round(eta, 1))
+        self.reporter.emit(Event("progress", self.stage,
+                                 f"{text} {rate / 1e6:.1f} MB/s ETA {eta:.0f}s", data=data))
 
 
-def _read_ahead(fd: int, chunks: list[Extent], align: int,
-                depth: int = 3) -> Iterator[tuple[Extent, memoryview]]:
+class _Stopped(Exception):
+    """The other side of a writer/verifier pair failed; its exception is the one to raise."""
+
+
+class _Handoff:
+    """What the writer has put on the device, for the verifier reading behind it. Body bytes
+    (between the image's head and tail) below `flushed_to` are written and flushed; after
+    `finish` everything is. Either side may `fail`, which stops the other."""
+
+    def __init__(self, body_start: int, body_end: int) -> None:
+        self.body_start, self.body_end = body_start, body_end
+        self.flushed_to = body_start
+        self.finished = False
+        self.error: BaseException | None = None
+        self.cond = threading.Condition()
+
+    def flushed(self, offset: int) -> None:
+        with self.cond:
+            self.flushed_to = max(self.flushed_to, offset)
+            self.cond.notify_all()
+
+    def finish(self) -> None:
+        with self.cond:
+            self.finished = True
+            self.cond.notify_all()
+
+    def fail(self, exc: BaseException) -> None:
+        with self.cond:
+            if self.error is None:
+                self.error = exc
+            self.cond.notify_all()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise _Stopped()
+
+    def wait_written(self, c: Extent) -> None:
+        """Block until chunk `c` is on the device (raises _Stopped if the writer failed)."""
+        end = c.offset + c.length
+        inside = self.body_start <= c.offset and end <= self.body_end
+        with self.cond:
+            while not (self.finished or (inside and end <= self.flushed_to)):
+                self.check()
+                self.cond.wait()
+            self.check()
+
+
+def _read_ahead(fd: int, chunks: list[Extent], align: int, depth: int = 3,
+                ready: Callable[[Extent], None] | None = None,
+                ) -> Iterator[tuple[Extent, memoryview]]:
     """Read `chunks` of `fd` in a thread into aligned buffers (O_DIRECT-safe), `depth`
     buffers ahead of the consumer: reading overlaps with the consumer's writing or hashing
     (pread, pwrite and sha256 all release the GIL). Each view is valid until the next
-    item is taken, and is zero-padded up to the alignment."""
+    item is taken, and is zero-padded up to the alignment. `ready(chunk)`, if given, is
+    called (in the reading thread) before each read and may block until it can be read."""
     free: queue.Queue[mmap.mmap] = queue.Queue()
     for _ in range(depth):
         free.put(mmap.mmap(-1, CHUNK + align))
@@ -147,6 +226,8 @@ def _read_ahead(fd: int, chunks: list[Extent], align: int,
                 buf = free.get()
                 if stop.is_set():
                     return
+                if ready is not None:
+                    ready(c)
                 padded = _round_up(c.length, align)
                 view = memoryview(buf)
                 got = 0
@@ -182,12 +263,16 @@ def _read_ahead(fd: int, chunks: list[Extent], align: int,
 
 
 class _Writer:
-    """pwrite of image chunks to an O_DIRECT fd, the image read ahead in a thread."""
+    """pwrite of image chunks to an O_DIRECT fd, the image read ahead in a thread. Each
+    flush tells `handoff` how far the device is written; a failed verifier stops it."""
 
-    def __init__(self, fd: int, image: Path, align: int, meter: _Meter) -> None:
+    def __init__(self, fd: int, image: Path, align: int, meter: _Meter,
+                 handoff: _Handoff) -> None:
         self.fd, self.image, self.align, self.meter = fd, image, align, meter
+        self.handoff = handoff
         self.written = 0
         self.since_sync = 0
+        self.end = 0  # end of the last chunk written
 
     def write_zeros(self, offset: int, length: int) -> None:
         buf = mmap.mmap(-1, _round_up(length, self.align))
@@ -197,7 +282,9 @@ class _Writer:
         src = os.open(self.image, os.O_RDONLY | os.O_CLOEXEC)
         try:
             for c, view in _read_ahead(src, list(_split(extents)), self.align):
+                self.handoff.check()
                 self._pwrite(view, c.offset)
+                self.end = c.offset + c.length
         finally:
             os.close(src)
 
@@ -210,11 +297,13 @@ class _Writer:
         self.since_sync += length
         self.meter.add(length)
         if self.since_sync >= SYNC_EVERY:
+            self.end = offset + length
             self.sync()
 
     def sync(self) -> None:
         os.fsync(self.fd)
         self.since_sync = 0
+        self.handoff.flushed(self.end)
 
 
 def _logical_block_size(dev: BlockDevice) -> int:
@@ -275,55 +364,136 @@ def flash(source: Source, device: str | Path, *, board: str | None = None,
     body = _clip(extents, HEAD, tail_start)
     tail = _clip(extents, tail_start, size)
     total = HEAD + sum(e.length for e in body + tail) + HEAD
-    reporter.emit(Event("stage-start", "write", f"{source.image.name} -> {dev.identity}"))
+    handoff = _Handoff(HEAD, tail_start)
+    reporter.emit(Event("stage-start", "write", f"{source.image.name} -> {dev.identity}"
+                        + (", verifying behind the writer" if verify else "")))
     start = time.monotonic()
-    meter = _Meter(reporter, "write", total)
+    meter = _Meter(reporter, "write", total, source.bmap.mapped_bytes if verify else 0)
     fd = _open_exclusive(dev, os.O_WRONLY)
     try:
-        w = _Writer(fd, source.image, align, meter)
-        w.write_zeros(0, HEAD)
-        if dev.size - size >= TAIL:
-            meter.total += TAIL
-            w.write_zeros(dev.size - TAIL, TAIL)
-        w.sync()
-        reporter.emit(Event("info", "write", "partition table cleared; writing data",
-                            data={"phase": "data"}))
-        w.write_extents(body)
-        w.sync()
-        w.write_extents(tail)
-        w.sync()
-        # The head covers its whole 64 KiB (holes read as zeros): no stale bytes survive.
-        w.write_extents([Extent(0, min(HEAD, size))])
-        w.sync()
+        w = _Writer(fd, source.image, align, meter, handoff)
+        verifier = _Verifier(source, dev, align, handoff, meter) if verify else None
+        try:
+            _write_in_order(w, dev.size, size, tail, body, reporter, verifier)
+        except BaseException as exc:
+            handoff.fail(exc)  # stops the verifier
+            if verifier:
+                verifier.join()
+            if isinstance(exc, _Stopped) and handoff.error is not None:
+                raise handoff.error from None  # the verifier's; the head is still zeros
+            raise
+        write_seconds = time.monotonic() - start
+        reporter.emit(Event("stage-done", "write", f"{w.written / MiB:.0f} MiB",
+                            write_seconds))
+        digest, verify_seconds = "", 0.0
+        if verifier:
+            if not verifier.done:
+                reporter.emit(Event("stage-start", "verify", "reading back the last ranges"))
+            try:
+                digest = verifier.result()
+            except VerifyFailed:
+                _invalidate(fd)  # the head is written by now
+                raise
+            verify_seconds = time.monotonic() - start - write_seconds
+            reporter.emit(Event("stage-done", "verify", "all mapped ranges match",
+                                verifier.seconds))
     finally:
         os.close(fd)
-    write_seconds = time.monotonic() - start
-    reporter.emit(Event("stage-done", "write", f"{w.written / MiB:.0f} MiB", write_seconds))
-    digest, verify_seconds = "", 0.0
-    if verify:
-        # After the whole write, not behind it: measured here, a reader thread hashing
-        # close behind the writer was slower on two cores (sha256 and the writer's copies
-        # compete), and on a card reads and writes share one bus anyway.
-        try:
-            digest, verify_seconds = verify_device(source, dev, reporter)
-        except VerifyFailed:
-            _invalidate(dev)
-            raise
     return FlashResult(dev, source.image, w.written, write_seconds, verify_seconds, digest)
 
 
-def _invalidate(dev: BlockDevice) -> None:
+def _write_in_order(w: _Writer, device_size: int, size: int, tail: list[Extent],
+                    body: list[Extent], reporter: Reporter, verifier: _Verifier | None) -> None:
+    """The write order of the module docstring."""
+    w.write_zeros(0, HEAD)
+    if device_size - size >= TAIL:
+        w.meter.total += TAIL
+        w.write_zeros(device_size - TAIL, TAIL)
+    w.sync()
+    reporter.emit(Event("info", "write", "partition table cleared; writing data",
+                        data={"phase": "data"}))
+    if verifier:
+        verifier.start()
+    w.write_extents(body)
+    w.sync()
+    w.write_extents(tail)
+    w.sync()
+    # The head covers its whole 64 KiB (holes read as zeros): no stale bytes survive.
+    w.write_extents([Extent(0, min(HEAD, size))])
+    w.sync()
+    w.handoff.finish()
+
+
+class _Verifier:
+    """Reads the mapped ranges back in a thread, behind the writer (see `_Handoff`): the
+    ranges inside the body first, in the writer's order, then those touching the head or
+    the tail. A range that differs fails the handoff at once, which stops the writer."""
+
+    def __init__(self, source: Source, dev: BlockDevice, align: int, handoff: _Handoff,
+                 meter: _Meter) -> None:
+        self.source, self.dev, self.align = source, dev, align
+        self.handoff, self.meter = handoff, meter
+        self.got: dict[int, str] = {}
+        self.error: BaseException | None = None
+        self.done = False
+        self.seconds = 0.0
+        self.thread = threading.Thread(target=self._run, name="verify", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _order(self) -> list[int]:
+        inside: list[int] = []
+        edges: list[int] = []
+        for i in range(len(self.source.bmap.ranges)):
+            e = _range_extent(self.source, i)
+            within = (self.handoff.body_start <= e.offset
+                      and e.offset + e.length <= self.handoff.body_end)
+            (inside if within else edges).append(i)
+        return inside + edges
+
+    def _check(self, i: int, digest: str) -> None:
+        if digest != self.source.bmap.ranges[i].sha256:
+            try:
+                _judge(self.source, self.dev, {i: digest}, only={i})
+            except VerifyFailed as exc:
+                self.handoff.fail(exc)  # before raising: wakes our own read-ahead too
+                raise
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        try:
+            fd = _open_for_reading(self.dev)
+            try:
+                self.got = _hash_ranges(fd, self.source, self._order(), self.align,
+                                        self.meter, ready=self.handoff.wait_written,
+                                        check=self._check)
+            finally:
+                os.close(fd)
+        except _Stopped:
+            pass
+        except BaseException as exc:
+            self.error = exc
+            self.handoff.fail(exc)
+        finally:
+            self.seconds = time.monotonic() - start
+            self.done = True
+
+    def join(self) -> None:
+        if self.thread.ident is not None:
+            self.thread.join()
+
+    def result(self) -> str:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return _judge(self.source, self.dev, self.got)
+
+
+def _invalidate(fd: int) -> None:
     """A device that failed verification must not look bootable: clear its head."""
-    try:
-        fd = _open_exclusive(dev, os.O_WRONLY)
-    except DeviceRefused:
-        return
-    try:
-        buf = mmap.mmap(-1, HEAD)
-        os.pwrite(fd, buf, 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    os.pwrite(fd, mmap.mmap(-1, HEAD), 0)
+    os.fsync(fd)
 
 
 def _range_extent(source: Source, index: int) -> Extent:
@@ -332,31 +502,43 @@ def _range_extent(source: Source, index: int) -> Extent:
 
 
 def _hash_ranges(fd: int, source: Source, indices: list[int], align: int,
-                 meter: _Meter | None = None) -> dict[int, str]:
-    """sha256 of each range as read from `fd`, reading ahead across range boundaries."""
+                 meter: _Meter | None = None,
+                 ready: Callable[[Extent], None] | None = None,
+                 check: Callable[[int, str], None] | None = None) -> dict[int, str]:
+    """sha256 of each range as read from `fd`, reading ahead across range boundaries.
+    `ready` is passed to the read-ahead; `check(index, digest)` sees each range as soon
+    as it is hashed."""
     chunks = [(i, c) for i in indices for c in _split([_range_extent(source, i)])]
     out: dict[int, str] = {}
     digest, current = hashlib.sha256(), None
-    for (i, _), (c, view) in zip(chunks, _read_ahead(fd, [c for _, c in chunks], align),
-                                 strict=True):
+
+    def close_range() -> None:
+        if current is not None:
+            out[current] = digest.hexdigest()
+            if check is not None:
+                check(current, out[current])
+
+    reads = _read_ahead(fd, [c for _, c in chunks], align, ready=ready)
+    for (i, _), (c, view) in zip(chunks, reads, strict=True):
         if i != current:
-            if current is not None:
-                out[current] = digest.hexdigest()
+            close_range()
             digest, current = hashlib.sha256(), i
         digest.update(view[:c.length])
         if meter:
-            meter.add(c.length)
-    if current is not None:
-        out[current] = digest.hexdigest()
+            meter.add_verified(c.length)
+    close_range()
     return out
 
 
-def _judge(source: Source, dev: BlockDevice, got: dict[int, str]) -> str:
-    """Raise VerifyFailed naming the ranges that differ; else the device digest."""
+def _judge(source: Source, dev: BlockDevice, got: dict[int, str],
+           only: set[int] | None = None) -> str:
+    """Raise VerifyFailed naming the ranges that differ (of `only`, if given: the ranges
+    read so far); else the device digest."""
     ranges, bs = source.bmap.ranges, source.bmap.block_size
     bad = [f"blocks {r.first}-{r.last} (bytes {r.first * bs}-"
            f"{_range_extent(source, i).offset + _range_extent(source, i).length - 1})"
-           for i, r in enumerate(ranges) if got.get(i) != r.sha256]
+           for i, r in enumerate(ranges)
+           if (only is None or i in only) and got.get(i) != r.sha256]
     if bad:
         raise VerifyFailed(
             f"verification FAILED on {dev.path}: {len(bad)} of {len(ranges)} "
@@ -391,7 +573,7 @@ def verify_device(source: Source, device: BlockDevice | str | Path,
     fd = _open_for_reading(dev)
     try:
         got = _hash_ranges(fd, source, list(range(len(source.bmap.ranges))), align,
-                           _Meter(reporter, "verify", total))
+                           _Meter(reporter, "verify", 0, total))
     finally:
         os.close(fd)
     digest = _judge(source, dev, got)

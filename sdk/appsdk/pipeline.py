@@ -25,7 +25,7 @@ from .stages.customize import customize
 from .stages.disk import build_disk, disk_seed
 from .stages.esp import build_esp_tree, uki_name
 from .stages.initrd import build_initrd
-from .stages.rootfs import build_rootfs, recipe_for
+from .stages.rootfs import build_rootfs, device_tree_dir, recipe_for
 from .stages.uki import build_uki
 from .stages.update import SUMS, build_update_files, update_names
 from .stages.usrimage import build_usr_image, build_verity
@@ -80,11 +80,8 @@ def build(
     if not brd.complete:
         reporter.emit(Event("info", "board",
                             f"warning: board {brd.name} is not complete yet (see its profile)"))
-    chain = firmware or app.firmware or brd.firmware_chain
-    if chain not in brd.firmware_options:
-        raise ConfigError(f"board {brd.name} has no firmware chain {chain!r}",
-                          file=None if firmware else str(app.source), field="firmware",
-                          hint="choose one of " + ", ".join(brd.firmware_options))
+    chain = brd.check_chain(firmware or app.firmware or brd.firmware_chain,
+                            file=None if firmware else str(app.source))
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
     output = (output or Path(source if Path(source).is_dir() else Path(source).parent) /
               "build" / f"{brd.name}").resolve()
@@ -140,7 +137,7 @@ def build(
         # Fetched (or taken from the cache) and verified against the pins before use.
         unpacked = firmware_pins.fetch(list(pinned), runner, manifests=manifests) if pinned else {}
         additions = rpi_boot.esp_additions(
-            brd, chain, unpacked, rpi_boot.dtb_dir(rootfs.tree, rootfs.kernel_version), manifests)
+            brd, chain, unpacked, device_tree_dir(rootfs.tree, rootfs.kernel_version), manifests)
         esp = build_esp_tree(brd, custom.tree, uki.path, app.id, app.version,
                              work / "esp", epoch, additions)
         r["message"] = f"({len(esp.files)} files)"

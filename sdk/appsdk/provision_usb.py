@@ -10,13 +10,13 @@ watcher runs the external `rpiboot` for every Broadcom boot-ROM device it sees."
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from .blockdev import BlockDevice, probe
-from .errors import AppsdkError
+from .errors import AppsdkError, CommandFailed, CommandTimeout
 from .flash import Source, flash
 from .progress import Event, NullReporter, Reporter
 from .runner import Runner, require
@@ -32,6 +32,56 @@ def rpiboot_argv(directory: Path | None) -> list[str]:
     return ["rpiboot", *(["-d", str(directory)] if directory else [])]
 
 
+# rpiboot takes a module through two stages in seconds; one that hangs (a module that
+# dropped off the bus) must not stall the bench.
+RPIBOOT_TIMEOUT_S = 120.0
+
+
+def usb_ids(props: Mapping[str, str]) -> tuple[str, str] | None:
+    """(vendor, product) of a USB *device* uevent (not its interfaces), from udev's ID_*
+    properties or, where no udevd runs, the kernel's PRODUCT=vid/pid/bcd (hex, unpadded)."""
+    if props.get("DEVTYPE") != "usb_device":
+        return None
+    vid, pid = props.get("ID_VENDOR_ID", ""), props.get("ID_MODEL_ID", "")
+    if not (vid and pid):
+        try:
+            v, p, _ = props.get("PRODUCT", "").split("/")
+            vid, pid = f"{int(v, 16):04x}", f"{int(p, 16):04x}"
+        except ValueError:
+            return None
+    return vid.lower(), pid.lower()
+
+
+def in_boot_mode(sys_path: Path) -> bool:
+    """Is the USB device at `sys_path` (still) a boot ROM waiting for rpiboot? After
+    rpiboot it has re-enumerated as a mass-storage gadget under another path, so a queued
+    "add" for the boot ROM's earlier enumeration finds nothing here."""
+    try:
+        ids = ((sys_path / "idVendor").read_text().strip(),
+               (sys_path / "idProduct").read_text().strip())
+    except OSError:
+        return False
+    return ids in RPI_BOOT_IDS
+
+
+def maybe_rpiboot(action: str, props: Mapping[str, str], sys_path: Path, runner: Runner,
+                  directory: Path | None, reporter: Reporter) -> bool:
+    """Run rpiboot for a Compute Module that just appeared in USB boot mode. A failure is
+    reported and the bench goes on waiting (the module's eMMC then never appears)."""
+    if action != "add" or usb_ids(props) not in RPI_BOOT_IDS or not in_boot_mode(sys_path):
+        return False
+    reporter.emit(Event("info", "provision", f"Compute Module in USB boot mode at "
+                        f"{sys_path.name}: running rpiboot"))
+    try:
+        runner.run(rpiboot_argv(directory), timeout=RPIBOOT_TIMEOUT_S)
+    except (CommandFailed, CommandTimeout) as exc:
+        reporter.emit(Event("info", "provision", f"rpiboot FAILED for the module at "
+                            f"{sys_path.name}: {exc}; check its cable and nRPIBOOT jumper, "
+                            "then plug it in again"))
+        return False
+    return True
+
+
 def is_usb_disk(dev: BlockDevice) -> bool:
     return dev.bus == "usb"
 
@@ -45,13 +95,14 @@ class Watcher(Protocol):
 class UdevWatcher:
     def __init__(self, match: Callable[[BlockDevice], bool] = is_usb_disk,
                  rpiboot: bool = False, rpiboot_dir: Path | None = None,
-                 runner: Runner | None = None) -> None:
+                 runner: Runner | None = None, reporter: Reporter | None = None) -> None:
         import pyudev
 
         self.match = match
         self.rpiboot = rpiboot
         self.rpiboot_dir = rpiboot_dir
         self.runner = runner or Runner()
+        self.reporter = reporter or NullReporter()
         context = pyudev.Context()
         source = "udev" if Path("/run/udev/control").exists() else "kernel"
         self.monitor = pyudev.Monitor.from_netlink(context, source=source)
@@ -75,7 +126,8 @@ class UdevWatcher:
             if device is None:
                 continue
             if device.subsystem == "usb":
-                self._maybe_rpiboot(device)
+                maybe_rpiboot(device.action or "", device.properties, Path(device.sys_path),
+                              self.runner, self.rpiboot_dir, self.reporter)
                 continue
             if device.device_type != "disk" or device.action not in ("add", "change"):
                 continue
@@ -90,11 +142,6 @@ class UdevWatcher:
                 continue
             self.seen.add(key)
             return dev.path
-
-    def _maybe_rpiboot(self, device: Any) -> None:
-        ids = (device.properties.get("ID_VENDOR_ID", ""), device.properties.get("ID_MODEL_ID", ""))
-        if device.action == "add" and ids in RPI_BOOT_IDS:
-            self.runner.run(rpiboot_argv(self.rpiboot_dir))
 
 
 @dataclass(frozen=True)

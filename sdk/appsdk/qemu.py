@@ -50,8 +50,17 @@ def first_existing(paths: tuple[str, ...], what: str, board: Board) -> Path:
         found = firmware_file(candidate, what, board)
         if found is not None:
             return found
+    # Only host paths get here: a pinned component:file is fetched or fails in firmware_file.
+    packages = sorted({pkg for prefix, pkg in _FIRMWARE_PACKAGES.items()
+                       if any(p.startswith(prefix) for p in paths)})
     raise ToolMissing(f"{what} for board {board.name} not found (looked at {', '.join(paths)})",
-                      hint="apt-get install ovmf (x86) or qemu-efi-aarch64 (arm64)")
+                      hint=(f"apt-get install {' '.join(packages)}" if packages else
+                            "install the firmware, or name a pinned one as component:file")
+                      + f" (board data: {board.source})")
+
+
+_FIRMWARE_PACKAGES = {"/usr/share/OVMF/": "ovmf", "/usr/share/AAVMF/": "qemu-efi-aarch64",
+                      "/usr/lib/u-boot/": "u-boot-qemu"}
 
 
 def firmware_vars(board: Board, directory: Path, emulator: str | None = None) -> Path | None:

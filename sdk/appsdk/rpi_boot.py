@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .boards import Board
-from .errors import BuildError, ConfigError
+from .errors import BuildError
 from .firmware import Manifest
 from .inspect import FIRMWARE_RECORD
 
@@ -24,9 +24,7 @@ class FileSource:
 
 def chain_files(board: Board, chain: str) -> tuple[FileSource, ...]:
     """What the ESP carries for `chain` besides systemd-boot and the UKI, by ESP path."""
-    if chain not in board.firmware_options:
-        raise ConfigError(f"board {board.name} has no firmware chain {chain!r}",
-                          hint="choose one of " + ", ".join(board.firmware_options))
+    board.check_chain(chain)
     merged = dict(board.esp_files.get("common", ())) | dict(board.esp_files.get(chain, ()))
     return tuple(FileSource(dest, *merged[dest].split(":", 1)) for dest in sorted(merged))
 
@@ -85,8 +83,3 @@ def esp_additions(board: Board, chain: str, unpacked: Mapping[str, Path], dtb_di
     if components(board, chain):
         out[FIRMWARE_RECORD] = firmware_record(board, chain, manifests)
     return out
-
-
-def dtb_dir(tree: Path, kernel_version: str) -> Path:
-    """Where Debian's kernel package keeps its device trees."""
-    return tree / "usr/lib" / f"linux-image-{kernel_version}"

@@ -4,18 +4,22 @@ bmaptool in both directions, corruption, refusals that write nothing, interrupti
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from loopdev import MiB, loop_device, make_build_dir, make_image, sha256_of_device
 
 from appsdk import bmap
 from appsdk.cli import main
-from appsdk.flash import image_digest, open_source
+from appsdk.errors import VerifyFailed
+from appsdk.flash import flash, image_digest, open_source
 
 APPSDK = [sys.executable, "-m", "appsdk.cli"]
 
@@ -199,6 +203,45 @@ def test_interrupted_flash_leaves_no_partition_table(tmp_path: Path) -> None:
             dump.stderr
         probe = subprocess.run(["blkid", "-p", dev], capture_output=True, text=True)
         assert "PTTYPE" not in probe.stdout
+
+
+def test_medium_losing_a_write_stops_the_flash_early(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A card that silently garbles one write: the read-back behind the writer catches it
+    while the flash is still writing, the writer stops, and the device is left without a
+    partition table (it had a valid one before)."""
+    image = make_image(tmp_path / "disk.img", 400)
+    with image.open("r+b") as f:
+        f.seek(110 * MiB)
+        f.write(os.urandom(280 * MiB))
+    source = open_source(image)
+    real_pwrite = os.pwrite
+    offsets: list[int] = []
+
+    def lossy(fd: int, data: Any, offset: int) -> int:
+        offsets.append(offset)
+        if offset == 2 * MiB:  # the first data range: one byte arrives flipped
+            buf = mmap.mmap(-1, len(data))  # page-aligned, as O_DIRECT needs
+            buf[:] = bytes(data)
+            buf[100] ^= 0xFF
+            return real_pwrite(fd, buf, offset)
+        if offset > 2 * MiB:
+            time.sleep(0.05)  # a card's pace: the verifier has time to catch up
+        return real_pwrite(fd, data, offset)
+
+    with loop_device(tmp_path / "dev", 512 * MiB) as dev:
+        assert main(["flash", str(image), dev, "--yes", "--allow-fixed", "--no-verify"]) == 0
+        assert subprocess.run(["sfdisk", "-d", dev], capture_output=True).returncode == 0
+        monkeypatch.setattr(os, "pwrite", lossy)
+        with pytest.raises(VerifyFailed, match=f"bytes {2 * MiB}-{14 * MiB - 1}"):
+            flash(source, dev, allow_fixed=True)
+        monkeypatch.undo()
+        # (The device's tail was cleared before the data; count from the garbled write.)
+        after = offsets[offsets.index(2 * MiB):]
+        assert max(after) < 200 * MiB, f"the writer went on to byte {max(after)}"
+        dump = subprocess.run(["sfdisk", "-d", dev], capture_output=True, text=True)
+        assert dump.returncode != 0 and "does not contain a recognized partition table" in \
+            dump.stderr
 
 
 def test_image_size_not_a_multiple_of_the_block_size(tmp_path: Path) -> None:

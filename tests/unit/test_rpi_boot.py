@@ -14,11 +14,11 @@ from appsdk.rpi_boot import (
     chain_files,
     components,
     config_txt,
-    dtb_dir,
     esp_additions,
     resolve,
 )
 from appsdk.stages.esp import build_esp_tree
+from appsdk.stages.rootfs import device_tree_dir
 
 RPI4_DTBS = ["bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb", "bcm2711-rpi-cm4.dtb"]
 RPI5_DTBS = ["bcm2712-d-rpi-5-b.dtb", "bcm2712-rpi-5-b.dtb"]
@@ -80,7 +80,7 @@ def fake_inputs(tmp: Path, board: str, chain: str) -> tuple[dict[str, Path], Pat
             (unpacked[name] / file).parent.mkdir(parents=True, exist_ok=True)
             (unpacked[name] / file).write_bytes(file.encode())
     tree = tmp / "tree"
-    dtbs = dtb_dir(tree, "6.12.0-test-arm64")
+    dtbs = device_tree_dir(tree, "6.12.0-test-arm64")
     for f in chain_files(b, chain):
         if f.kind == "dtb":
             (dtbs / f.path).parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,6 @@ on-device units, factory /etc), in a fresh copy so the cached rootfs stays prist
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from importlib import resources
@@ -26,7 +25,7 @@ from ..ondevice import (
 )
 from ..runner import Runner
 from ..sandbox import Sandbox
-from .rootfs import Rootfs, copy_tree, kernel_image
+from .rootfs import Rootfs, copy_tree, device_tree_dir, kernel_image
 
 
 @dataclass(frozen=True)
@@ -97,15 +96,12 @@ def drop_device_trees(tree: Path, kernel_version: str) -> None:
     board that needs some gets them on its ESP from its firmware chain (rpi_boot reads them
     from the cached rootfs); nothing reads them from /usr. Newer kernels make the directory
     a link to modules/V/dtb, resolved inside the tree so no link can reach the host."""
-    dtbs = tree / "usr/lib" / f"linux-image-{kernel_version}"
-    if not dtbs.is_symlink():
-        shutil.rmtree(dtbs, ignore_errors=True)
-        return
-    link = Path(os.readlink(dtbs))
-    target = (tree / link.relative_to("/")) if link.is_absolute() else dtbs.parent / link
+    target = device_tree_dir(tree, kernel_version)
     if target.resolve().is_relative_to(tree.resolve()):
         shutil.rmtree(target, ignore_errors=True)
-    dtbs.unlink()
+    link = tree / "usr/lib" / f"linux-image-{kernel_version}"
+    if link.is_symlink():
+        link.unlink()
 
 
 def prune_modules(tree: Path, kernel_version: str, excluded: tuple[str, ...],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -109,6 +110,17 @@ def kernel_version(tree: Path) -> str:
         raise BuildError(f"expected exactly one kernel in {tree}/usr/lib/modules, found {versions}")
     kernel_image(tree, versions[0])
     return versions[0]
+
+
+def device_tree_dir(tree: Path, kernel_version: str) -> Path:
+    """Where Debian's kernel package keeps its device trees: /usr/lib/linux-image-V, which
+    newer kernels make a link to modules/V/dtb. The link is resolved inside `tree`: an
+    absolute target names a path in the tree, never one on the host."""
+    path = tree / "usr/lib" / f"linux-image-{kernel_version}"
+    if not path.is_symlink():
+        return path
+    link = Path(os.readlink(path))
+    return tree / link.relative_to("/") if link.is_absolute() else path.parent / link
 
 
 def kernel_image(tree: Path, version: str) -> Path:
