@@ -94,10 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("flash", help="write an image to a disk (SD card, USB, eMMC) and verify",
-                       description="Write only the mapped blocks of the image's bmap, then read "
-                       "them back from the device and compare checksums. Refuses system, "
-                       "mounted, read-only and too-small disks, and images built for another "
-                       "board. Asks for confirmation unless --yes.")
+                       description="Write only the mapped blocks of the image's bmap and read "
+                       "them back from the device behind the writer, comparing checksums. "
+                       "Refuses system, mounted, read-only and too-small disks, and images "
+                       "built for another board. Asks for confirmation unless --yes.",
+                       epilog="exit status: 0 written and verified; 7 refused (nothing "
+                       "written); 8 verification failed; 11 the device failed a write or "
+                       "read. A flash that does not finish leaves no valid partition table.")
     p.add_argument("source", type=Path, metavar="IMAGE|BUILD_DIR")
     p.add_argument("device", metavar="DEVICE", help="whole-disk block device, e.g. /dev/sdb")
     p.add_argument("--board", help="the board this card is for; refuses images built for "

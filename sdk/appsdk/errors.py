@@ -83,6 +83,12 @@ class VerifyFailed(AppsdkError):
     exit_code = 8
 
 
+class DeviceFailed(AppsdkError):
+    """A device failed an I/O request (a failing card, a reader pulled out mid-flash)."""
+
+    exit_code = 11
+
+
 class PushFailed(AppsdkError):
     """A file could not be pushed to a device intact; nothing was installed under its name."""
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from . import bmap as bmapfile
 from .blockdev import BlockDevice, probe, refuse_if_unsafe
-from .errors import ConfigError, DeviceRefused, VerifyFailed
+from .errors import ConfigError, DeviceFailed, DeviceRefused, VerifyFailed
 from .progress import Event, NullReporter, Reporter
 
 MiB = 1024 * 1024
@@ -206,7 +206,7 @@ class _Handoff:
             self.check()
 
 
-def _read_ahead(fd: int, chunks: list[Extent], align: int, depth: int = 3,
+def _read_ahead(fd: int, name: str, chunks: list[Extent], align: int, depth: int = 3,
                 ready: Callable[[Extent], None] | None = None,
                 ) -> Iterator[tuple[Extent, memoryview]]:
     """Read `chunks` of `fd` in a thread into aligned buffers (O_DIRECT-safe), `depth`
@@ -232,9 +232,12 @@ def _read_ahead(fd: int, chunks: list[Extent], align: int, depth: int = 3,
                 view = memoryview(buf)
                 got = 0
                 while got < c.length:
-                    n = os.preadv(fd, [view[got:padded]], c.offset + got)
+                    try:
+                        n = os.preadv(fd, [view[got:padded]], c.offset + got)
+                    except OSError as exc:
+                        raise _io_error("reading", name, c.offset + got, exc) from None
                     if n <= 0:
-                        raise VerifyFailed(f"short read at byte {c.offset + got}")
+                        raise VerifyFailed(f"{name}: short read at byte {c.offset + got}")
                     got += n
                 # Past the chunk (image end, alignment padding): zeros, never stale bytes.
                 view[c.length:padded] = bytes(padded - c.length)
@@ -262,13 +265,20 @@ def _read_ahead(fd: int, chunks: list[Extent], align: int, depth: int = 3,
         thread.join(timeout=5)
 
 
+def _io_error(doing: str, name: str, offset: int, exc: OSError) -> DeviceFailed:
+    return DeviceFailed(f"{doing} {name} failed at byte {offset}: {exc.strerror or exc}",
+                        hint="the card or reader may be failing, or was removed; a flash "
+                        "cut short leaves no valid partition table. Try another card.")
+
+
 class _Writer:
     """pwrite of image chunks to an O_DIRECT fd, the image read ahead in a thread. Each
-    flush tells `handoff` how far the device is written; a failed verifier stops it."""
+    flush tells `handoff` how far the image's data is on the device; a failed verifier
+    stops the writer."""
 
-    def __init__(self, fd: int, image: Path, align: int, meter: _Meter,
+    def __init__(self, fd: int, name: str, image: Path, align: int, meter: _Meter,
                  handoff: _Handoff) -> None:
-        self.fd, self.image, self.align, self.meter = fd, image, align, meter
+        self.fd, self.name, self.image, self.align, self.meter = fd, name, image, align, meter
         self.handoff = handoff
         self.written = 0
         self.since_sync = 0
@@ -281,27 +291,34 @@ class _Writer:
     def write_extents(self, extents: list[Extent]) -> None:
         src = os.open(self.image, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            for c, view in _read_ahead(src, list(_split(extents)), self.align):
+            for c, view in _read_ahead(src, str(self.image), list(_split(extents)),
+                                       self.align):
                 self.handoff.check()
-                self._pwrite(view, c.offset)
-                self.end = c.offset + c.length
+                self._pwrite(view, c.offset, data_end=c.offset + c.length)
         finally:
             os.close(src)
 
-    def _pwrite(self, view: memoryview, offset: int) -> None:
+    def _pwrite(self, view: memoryview, offset: int, data_end: int | None = None) -> None:
         length = len(view)
         done = 0
         while done < length:
-            done += os.pwrite(self.fd, view[done:], offset + done)
+            try:
+                done += os.pwrite(self.fd, view[done:], offset + done)
+            except OSError as exc:
+                raise _io_error("writing", self.name, offset + done, exc) from None
+        if data_end is not None:  # image data, not zeros: the verifier may read up to here
+            self.end = data_end
         self.written += length
         self.since_sync += length
         self.meter.add(length)
         if self.since_sync >= SYNC_EVERY:
-            self.end = offset + length
             self.sync()
 
     def sync(self) -> None:
-        os.fsync(self.fd)
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise _io_error("flushing", self.name, self.end, exc) from None
         self.since_sync = 0
         self.handoff.flushed(self.end)
 
@@ -371,7 +388,7 @@ def flash(source: Source, device: str | Path, *, board: str | None = None,
     meter = _Meter(reporter, "write", total, source.bmap.mapped_bytes if verify else 0)
     fd = _open_exclusive(dev, os.O_WRONLY)
     try:
-        w = _Writer(fd, source.image, align, meter, handoff)
+        w = _Writer(fd, dev.path, source.image, align, meter, handoff)
         verifier = _Verifier(source, dev, align, handoff, meter) if verify else None
         try:
             _write_in_order(w, dev.size, size, tail, body, reporter, verifier)
@@ -465,9 +482,9 @@ class _Verifier:
         try:
             fd = _open_for_reading(self.dev)
             try:
-                self.got = _hash_ranges(fd, self.source, self._order(), self.align,
-                                        self.meter, ready=self.handoff.wait_written,
-                                        check=self._check)
+                self.got = _hash_ranges(fd, self.dev.path, self.source, self._order(),
+                                        self.align, self.meter,
+                                        ready=self.handoff.wait_written, check=self._check)
             finally:
                 os.close(fd)
         except _Stopped:
@@ -501,7 +518,7 @@ def _range_extent(source: Source, index: int) -> Extent:
     return Extent(r.first * bs, min((r.last + 1) * bs, source.bmap.image_size) - r.first * bs)
 
 
-def _hash_ranges(fd: int, source: Source, indices: list[int], align: int,
+def _hash_ranges(fd: int, name: str, source: Source, indices: list[int], align: int,
                  meter: _Meter | None = None,
                  ready: Callable[[Extent], None] | None = None,
                  check: Callable[[int, str], None] | None = None) -> dict[int, str]:
@@ -518,7 +535,7 @@ def _hash_ranges(fd: int, source: Source, indices: list[int], align: int,
             if check is not None:
                 check(current, out[current])
 
-    reads = _read_ahead(fd, [c for _, c in chunks], align, ready=ready)
+    reads = _read_ahead(fd, name, [c for _, c in chunks], align, ready=ready)
     for (i, _), (c, view) in zip(chunks, reads, strict=True):
         if i != current:
             close_range()
@@ -572,7 +589,7 @@ def verify_device(source: Source, device: BlockDevice | str | Path,
     start = time.monotonic()
     fd = _open_for_reading(dev)
     try:
-        got = _hash_ranges(fd, source, list(range(len(source.bmap.ranges))), align,
+        got = _hash_ranges(fd, dev.path, source, list(range(len(source.bmap.ranges))), align,
                            _Meter(reporter, "verify", 0, total))
     finally:
         os.close(fd)

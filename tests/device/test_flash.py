@@ -3,6 +3,7 @@ bmaptool in both directions, corruption, refusals that write nothing, interrupti
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
 import os
@@ -18,8 +19,9 @@ from loopdev import MiB, loop_device, make_build_dir, make_image, sha256_of_devi
 
 from appsdk import bmap
 from appsdk.cli import main
-from appsdk.errors import VerifyFailed
+from appsdk.errors import DeviceFailed, VerifyFailed
 from appsdk.flash import flash, image_digest, open_source
+from appsdk.provision_usb import provision_usb
 
 APPSDK = [sys.executable, "-m", "appsdk.cli"]
 
@@ -239,6 +241,46 @@ def test_medium_losing_a_write_stops_the_flash_early(tmp_path: Path,
         # (The device's tail was cleared before the data; count from the garbled write.)
         after = offsets[offsets.index(2 * MiB):]
         assert max(after) < 200 * MiB, f"the writer went on to byte {max(after)}"
+        dump = subprocess.run(["sfdisk", "-d", dev], capture_output=True, text=True)
+        assert dump.returncode != 0 and "does not contain a recognized partition table" in \
+            dump.stderr
+
+
+def test_card_failing_mid_flash_is_reported_and_the_bench_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that returns EIO (a dying card, a reader pulled out): a clear error naming
+    the device and the byte, no partition table left, and on the USB bench a FAILED line
+    for that card instead of a crash that would stop the bench."""
+    image = make_image(tmp_path / "disk.img", 400)
+    with image.open("r+b") as f:
+        f.seek(110 * MiB)
+        f.write(os.urandom(280 * MiB))
+    source = open_source(image)
+    real_pwrite = os.pwrite
+
+    def dying(fd: int, data: Any, offset: int) -> int:
+        if 100 * MiB <= offset < 400 * MiB:  # (the device's tail is cleared first)
+            raise OSError(errno.EIO, "Input/output error")
+        return real_pwrite(fd, data, offset)
+
+    class OneDisk:
+        def __init__(self, path: str) -> None:
+            self.paths = [path]
+
+        def wait(self, timeout: float | None) -> str | None:
+            return self.paths.pop() if self.paths else None
+
+    with loop_device(tmp_path / "dev", 512 * MiB) as dev:
+        assert main(["flash", str(image), dev, "--yes", "--allow-fixed", "--no-verify"]) == 0
+        monkeypatch.setattr(os, "pwrite", dying)
+        with pytest.raises(DeviceFailed,
+                           match=f"writing {dev} failed at byte {100 * MiB}: Input/output"):
+            flash(source, dev, allow_fixed=True)
+        reports = provision_usb(source, OneDisk(dev), count=2, timeout=1, allow_fixed=True)
+        monkeypatch.undo()
+        assert len(reports) == 1 and not reports[0].ok
+        assert reports[0].line().startswith(f"FAILED {dev}")
+        assert "Input/output error" in reports[0].error
         dump = subprocess.run(["sfdisk", "-d", dev], capture_output=True, text=True)
         assert dump.returncode != 0 and "does not contain a recognized partition table" in \
             dump.stderr
