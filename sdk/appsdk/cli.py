@@ -204,7 +204,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--serial-port", type=int, help="serial console on 127.0.0.1:PORT, not stdio")
     p.add_argument("--forward", action="append", default=[], metavar="HOST:GUEST",
                    help="forward a TCP port from 127.0.0.1:HOST to the guest")
-    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                   help="auto: KVM if the board's own firmware, booted under it once, writes "
+                   "to its console without a KVM error (cached; `appsdk doctor` shows it), "
+                   "else TCG")
     p.add_argument("--print", dest="print_only", action="store_true",
                    help="print the QEMU command line and exit")
     return parser
@@ -370,7 +373,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if accel == "auto":
         # KVM only runs guests of the host's own architecture.
         accel = ("kvm" if not needs_emulation(board.debian_arch)
-                 and kvm_works(board.emulator_named(args.emulator).qemu) else "tcg")
+                 and kvm_works(board, args.emulator) else "tcg")
     forward = tuple(tuple(int(x) for x in f.split(":", 1)) for f in args.forward)
     spec = VmSpec(board=board, disk=disk, snapshot=not (args.in_place or args.disk),
                   serial_port=args.serial_port, forward=forward,  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .boards import list_boards
+from .boards import list_boards, load_board
 from .errors import ToolMissing
 from .foreign import check_binfmt
 from .qemu import kvm_works
@@ -63,7 +63,7 @@ def run_checks() -> list[Check]:
     except ToolMissing as exc:
         checks.append(Check("binfmt:arm64", False, exc.hint or str(exc), str(exc)))
     if shutil.which("qemu-system-x86_64"):
-        kvm = kvm_works("qemu-system-x86_64")
+        kvm = kvm_works(load_board("x86-uefi"))
         checks.append(Check("kvm", True, "usable" if kvm else "not usable: TCG is used",
                             "hardware acceleration for appsdk run"))
     return checks

@@ -13,7 +13,6 @@ from pathlib import Path
 from .boards import Board, Emulator
 from .cache import cache_root
 from .errors import ConfigError, ToolMissing
-from .runner import require
 
 
 @dataclass(frozen=True)
@@ -116,24 +115,66 @@ def qemu_argv(spec: VmSpec) -> list[str]:
     return [*argv, *em.extra_args]
 
 
-def kvm_works(qemu: str) -> bool:
-    """KVM is only used if a short probe run under it survives; the answer is cached."""
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return False
-    marker = cache_root() / f"kvm-probe-{Path(qemu).name}"
-    if marker.exists():
-        return marker.read_text().strip() == "yes"
+KVM_PROBE_S = 15.0
+
+
+def kvm_verdict(serial: bytes, stderr: bytes) -> bool:
+    """KVM is usable if the board's firmware, run under it, wrote to its serial console
+    and KVM reported no internal error. Merely staying alive proves nothing: on an
+    internal error QEMU stops the guest but keeps running (seen with OVMF on hosts whose
+    KVM fails on the firmware's first FPU instructions)."""
+    failed = any(marker in stderr for marker in (b"KVM internal error", b"emulation failure"))
+    return bool(serial.strip()) and not failed
+
+
+def _run_probe(argv: list[str], seconds: float) -> tuple[bytes, bytes]:
+    """Run until the guest writes to its serial console (stdout), KVM reports an internal
+    error (stderr), QEMU exits, or `seconds` pass."""
+    import select
+    import time
+
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    got = {proc.stdout.fileno(): b"", proc.stderr.fileno(): b""}
+    out, err = proc.stdout.fileno(), proc.stderr.fileno()
+    deadline = time.monotonic() + seconds
     try:
-        proc = subprocess.run(
-            [require(qemu), "-accel", "kvm", "-machine", "q35" if "x86" in qemu else "virt",
-             "-cpu", "host", "-display", "none", "-nodefaults", "-no-user-config",
-             "-m", "128"],
-            timeout=4, capture_output=True, check=False)
-        ok = proc.returncode == 0
-    except subprocess.TimeoutExpired:
-        ok = True  # still running after 4 s: KVM executes guest code
+        while (not got[out].strip() and b"KVM internal error" not in got[err]
+               and proc.poll() is None and time.monotonic() < deadline):
+            for fd in select.select([out, err], [], [], 0.5)[0]:
+                got[fd] += os.read(fd, 4096)
+    finally:
+        proc.kill()
+        rest_out, rest_err = proc.communicate()
+    return got[out] + rest_out, got[err] + rest_err
+
+
+def kvm_works(board: Board, emulator: str | None = None) -> bool:
+    """Whether `appsdk run` may use KVM for this board's emulator: its own firmware is
+    booted under KVM with an empty disk (see kvm_verdict). The answer is cached per
+    QEMU binary and firmware."""
+    em = board.emulator_named(emulator)
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK) or not shutil.which(em.qemu):
+        return False
+    import hashlib
+
+    key = hashlib.sha256(repr((em.qemu, em.machine, em.cpu, em.bios,
+                               em.firmware_code)).encode()).hexdigest()[:16]
+    marker = cache_root() / f"kvm-probe-{board.name}-{em.name}-{key}"
+    if marker.exists():
+        return marker.read_text().split()[0] == "yes"
+    with tempfile.TemporaryDirectory(prefix="appsdk-kvm-probe-") as tmp:
+        disk = Path(tmp) / "empty.img"
+        disk.write_bytes(bytes(1024 * 1024))
+        spec = VmSpec(board=board, disk=disk, accel="kvm", emulator=emulator,
+                      vars_file=firmware_vars(board, Path(tmp), emulator))
+        serial, err = _run_probe(qemu_argv(spec), KVM_PROBE_S)
+    ok = kvm_verdict(serial, err)
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text("yes\n" if ok else "no\n")
+    first_error = next((line for line in err.decode(errors="replace").splitlines()
+                        if line.strip()), "")
+    marker.write_text(("yes" if ok else "no") + f"\n{first_error}\n")
     return ok
 
 
