@@ -195,12 +195,14 @@ class _Handoff:
         if self.error is not None:
             raise _Stopped()
 
+    def in_body(self, e: Extent) -> bool:
+        return self.body_start <= e.offset and e.offset + e.length <= self.body_end
+
     def wait_written(self, c: Extent) -> None:
         """Block until chunk `c` is on the device (raises _Stopped if the writer failed)."""
-        end = c.offset + c.length
-        inside = self.body_start <= c.offset and end <= self.body_end
+        inside = self.in_body(c)
         with self.cond:
-            while not (self.finished or (inside and end <= self.flushed_to)):
+            while not (self.finished or (inside and c.offset + c.length <= self.flushed_to)):
                 self.check()
                 self.cond.wait()
             self.check()
@@ -404,7 +406,7 @@ def flash(source: Source, device: str | Path, *, board: str | None = None,
                             write_seconds))
         digest, verify_seconds = "", 0.0
         if verifier:
-            if not verifier.done:
+            if verifier.thread.is_alive():
                 reporter.emit(Event("stage-start", "verify", "reading back the last ranges"))
             try:
                 digest = verifier.result()
@@ -451,8 +453,6 @@ class _Verifier:
         self.source, self.dev, self.align = source, dev, align
         self.handoff, self.meter = handoff, meter
         self.got: dict[int, str] = {}
-        self.error: BaseException | None = None
-        self.done = False
         self.seconds = 0.0
         self.thread = threading.Thread(target=self._run, name="verify", daemon=True)
 
@@ -460,14 +460,9 @@ class _Verifier:
         self.thread.start()
 
     def _order(self) -> list[int]:
-        inside: list[int] = []
-        edges: list[int] = []
-        for i in range(len(self.source.bmap.ranges)):
-            e = _range_extent(self.source, i)
-            within = (self.handoff.body_start <= e.offset
-                      and e.offset + e.length <= self.handoff.body_end)
-            (inside if within else edges).append(i)
-        return inside + edges
+        indices = range(len(self.source.bmap.ranges))
+        inside = {i for i in indices if self.handoff.in_body(_range_extent(self.source, i))}
+        return sorted(inside) + [i for i in indices if i not in inside]
 
     def _check(self, i: int, digest: str) -> None:
         if digest != self.source.bmap.ranges[i].sha256:
@@ -490,20 +485,19 @@ class _Verifier:
         except _Stopped:
             pass
         except BaseException as exc:
-            self.error = exc
             self.handoff.fail(exc)
         finally:
             self.seconds = time.monotonic() - start
-            self.done = True
 
     def join(self) -> None:
         if self.thread.ident is not None:
             self.thread.join()
 
     def result(self) -> str:
+        """Once the writer has finished: any failure is the verifier's own."""
         self.join()
-        if self.error is not None:
-            raise self.error
+        if self.handoff.error is not None:
+            raise self.handoff.error
         return _judge(self.source, self.dev, self.got)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .boards import Board, Emulator
-from .cache import cache_root
+from .cache import cache_root, key_of
 from .errors import ConfigError, ToolMissing
 
 
@@ -123,8 +123,11 @@ def kvm_verdict(serial: bytes, stderr: bytes) -> bool:
     and KVM reported no internal error. Merely staying alive proves nothing: on an
     internal error QEMU stops the guest but keeps running (seen with OVMF on hosts whose
     KVM fails on the firmware's first FPU instructions)."""
-    failed = any(marker in stderr for marker in (b"KVM internal error", b"emulation failure"))
-    return bool(serial.strip()) and not failed
+    return bool(serial.strip()) and not _kvm_failed(stderr)
+
+
+def _kvm_failed(stderr: bytes) -> bool:
+    return any(marker in stderr for marker in (b"KVM internal error", b"emulation failure"))
 
 
 def _run_probe(argv: list[str], seconds: float) -> tuple[bytes, bytes]:
@@ -140,7 +143,7 @@ def _run_probe(argv: list[str], seconds: float) -> tuple[bytes, bytes]:
     out, err = proc.stdout.fileno(), proc.stderr.fileno()
     deadline = time.monotonic() + seconds
     try:
-        while (not got[out].strip() and b"KVM internal error" not in got[err]
+        while (not got[out].strip() and not _kvm_failed(got[err])
                and proc.poll() is None and time.monotonic() < deadline):
             for fd in select.select([out, err], [], [], 0.5)[0]:
                 got[fd] += os.read(fd, 4096)
@@ -157,10 +160,7 @@ def kvm_works(board: Board, emulator: str | None = None) -> bool:
     em = board.emulator_named(emulator)
     if not os.access("/dev/kvm", os.R_OK | os.W_OK) or not shutil.which(em.qemu):
         return False
-    import hashlib
-
-    key = hashlib.sha256(repr((em.qemu, em.machine, em.cpu, em.bios,
-                               em.firmware_code)).encode()).hexdigest()[:16]
+    key = key_of(em.qemu, em.machine, em.cpu, em.bios, em.firmware_code)
     marker = cache_root() / f"kvm-probe-{board.name}-{em.name}-{key}"
     if marker.exists():
         return marker.read_text().split()[0] == "yes"

@@ -182,11 +182,17 @@ def test_fake_sata_disk_is_refused_and_usb_stick_is_a_candidate(tmp_path: Path) 
     assert "Nothing was written" in flash.stderr
 
 
-def test_interrupted_flash_leaves_no_partition_table(tmp_path: Path) -> None:
+def large_image(tmp_path: Path) -> Path:
+    """400 MiB with 280 MiB more data at 110 MiB: a flash long enough to act on mid-write."""
     image = make_image(tmp_path / "disk.img", 400)
-    with image.open("r+b") as f:  # more data, so the kill lands mid-write
+    with image.open("r+b") as f:
         f.seek(110 * MiB)
         f.write(os.urandom(280 * MiB))
+    return image
+
+
+def test_interrupted_flash_leaves_no_partition_table(tmp_path: Path) -> None:
+    image = large_image(tmp_path)
     with loop_device(tmp_path / "dev", 512 * MiB) as dev:
         # A first, complete flash: the device carries a valid GPT before the interruption.
         assert main(["flash", str(image), dev, "--yes", "--allow-fixed", "--no-verify"]) == 0
@@ -212,10 +218,7 @@ def test_medium_losing_a_write_stops_the_flash_early(tmp_path: Path,
     """A card that silently garbles one write: the read-back behind the writer catches it
     while the flash is still writing, the writer stops, and the device is left without a
     partition table (it had a valid one before)."""
-    image = make_image(tmp_path / "disk.img", 400)
-    with image.open("r+b") as f:
-        f.seek(110 * MiB)
-        f.write(os.urandom(280 * MiB))
+    image = large_image(tmp_path)
     source = open_source(image)
     real_pwrite = os.pwrite
     offsets: list[int] = []
@@ -251,10 +254,7 @@ def test_card_failing_mid_flash_is_reported_and_the_bench_goes_on(
     """A write that returns EIO (a dying card, a reader pulled out): a clear error naming
     the device and the byte, no partition table left, and on the USB bench a FAILED line
     for that card instead of a crash that would stop the bench."""
-    image = make_image(tmp_path / "disk.img", 400)
-    with image.open("r+b") as f:
-        f.seek(110 * MiB)
-        f.write(os.urandom(280 * MiB))
+    image = large_image(tmp_path)
     source = open_source(image)
     real_pwrite = os.pwrite
 
