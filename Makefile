@@ -2,7 +2,7 @@
 PYTHON ?= python3
 APT_PACKAGES = mmdebstrap bubblewrap qemu-system-x86 qemu-system-arm qemu-user-static ovmf \
                mtools dosfstools fdisk bmap-tools xz-utils zstd gnupg debian-archive-keyring \
-               ca-certificates umockdev e2fsprogs util-linux arch-test
+               ca-certificates umockdev e2fsprogs util-linux mount arch-test
 BINFMT = /proc/sys/fs/binfmt_misc
 
 .PHONY: deps binfmt demo test unit vm device lint bench

@@ -13,17 +13,50 @@ from .foreign import check_binfmt
 from .qemu import kvm_works
 from .tools import TOOLS_USED, cached_tools
 
-HOST_TOOLS = {
-    "mmdebstrap": ("mmdebstrap", "creates the rootfs and the tools tree"),
-    "bwrap": ("bubblewrap", "runs tools from the tools tree and dracut in the rootfs"),
-    "cp": ("coreutils", "copies OS trees"),
-    "qemu-system-x86_64": ("qemu-system-x86", "appsdk run (x86-uefi)"),
-    "qemu-system-aarch64": ("qemu-system-arm", "appsdk run (arm64 boards)"),
-    "sfdisk": ("fdisk", "tests (GPT checks)"),
-    "gpg": ("gnupg", "signing updates"),
-    "mcopy": ("mtools", "appsdk inspect reads the ESP without mounting it"),
-    "dpkg-deb": ("dpkg", "appsdk firmware unpacks pinned firmware packages"),
-}
+
+@dataclass(frozen=True)
+class HostTool:
+    """Something on the host that the pipeline or the tests use, and the Debian package
+    that provides it (`make deps` installs every one of these packages)."""
+
+    name: str  # a command on PATH, or an absolute path for a data file
+    package: str
+    why: str
+    tests_only: bool = False
+
+
+HOST_TOOLS = (
+    HostTool("mmdebstrap", "mmdebstrap", "creates the rootfs and the tools tree"),
+    HostTool("arch-test", "arch-test", "mmdebstrap's check for foreign architectures (arm64)"),
+    HostTool("/usr/share/keyrings/debian-archive-keyring.gpg", "debian-archive-keyring",
+             "mmdebstrap verifies the Debian mirror"),
+    HostTool("/etc/ssl/certs/ca-certificates.crt", "ca-certificates", "https mirrors"),
+    HostTool("bwrap", "bubblewrap", "runs tools from the tools tree and dracut in the rootfs"),
+    HostTool("qemu-aarch64-static", "qemu-user-static", "runs arm64 binaries in arm64 builds"),
+    HostTool("cp", "coreutils", "copies OS trees"),
+    HostTool("gpg", "gnupg", "signing updates"),
+    HostTool("gpgconf", "gnupg", "stops the gpg agents signing starts"),
+    HostTool("dpkg-deb", "dpkg", "appsdk firmware unpacks pinned firmware packages"),
+    HostTool("mcopy", "mtools", "appsdk inspect reads the ESP without mounting it"),
+    HostTool("qemu-system-x86_64", "qemu-system-x86", "appsdk run (x86-uefi)"),
+    HostTool("qemu-system-aarch64", "qemu-system-arm", "appsdk run (arm64 boards)"),
+    HostTool("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf", "UEFI firmware for appsdk run (x86)"),
+    HostTool("losetup", "mount", "appsdk flash tests and VM tests on loop devices", True),
+    HostTool("lsblk", "util-linux", "block device listing in tests", True),
+    HostTool("sfdisk", "fdisk", "reads our GPT as an independent oracle", True),
+    HostTool("bmaptool", "bmap-tools", "reads and writes our .bmap as the oracle", True),
+    HostTool("umockdev-run", "umockdev", "fakes USB and SATA disks", True),
+    HostTool("mkfs.ext4", "e2fsprogs", "update media for the serial VM test", True),
+    HostTool("blkid", "util-linux", "filesystem labels on flashed disks", True),
+    HostTool("findmnt", "util-linux", "what is mounted", True),
+    HostTool("mount", "mount", "mounts a flashed /var to check it", True),
+)
+
+
+def _find(tool: HostTool) -> str | None:
+    if tool.name.startswith("/"):
+        return tool.name if Path(tool.name).exists() else None
+    return shutil.which(tool.name)
 
 
 @dataclass(frozen=True)
@@ -36,17 +69,19 @@ class Check:
 
 def run_checks() -> list[Check]:
     checks = [Check("root", os.geteuid() == 0, "uid", "builds run as root (mmdebstrap, chroot)")]
-    for tool, (package, why) in HOST_TOOLS.items():
-        path = shutil.which(tool)
-        checks.append(Check(tool, path is not None, path or f"apt-get install {package}", why))
+    for tool in HOST_TOOLS:
+        path = _find(tool)
+        why = f"{tool.why}; {'tests only, ' if tool.tests_only else ''}package {tool.package}"
+        checks.append(Check(tool.name, path is not None,
+                            path or f"apt-get install {tool.package}", why))
     tools = cached_tools()
     if tools is None:
         checks.append(Check("tools-tree", True, "not built yet",
                             "made on the first `appsdk build` (about 20 s)"))
     else:
-        for tool, package in TOOLS_USED.items():
-            found = any((tools.tree / d / tool).exists() for d in ("usr/bin", "usr/sbin"))
-            checks.append(Check(tool, found, f"tools tree {tools.tree}", f"from {package}"))
+        for binary, package in TOOLS_USED.items():
+            found = any((tools.tree / d / binary).exists() for d in ("usr/bin", "usr/sbin"))
+            checks.append(Check(binary, found, f"tools tree {tools.tree}", f"from {package}"))
     for board in list_boards():
         for em in board.emulators:
             # Pinned firmware (component:file) is fetched on first use; host paths must exist.

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from lineproxy import LineProxy
+from lineproxy import UART_RATE, LineProxy
 from vmlib import Vm, disk_copy, free_port, ovmf_vars
 
 import appsdk
@@ -51,7 +51,7 @@ def boot(disk: Path, vars_fd: Path, logs: Path, name: str) -> tuple[Vm, LineProx
     qemu_port = free_port()
     spec = VmSpec(board=load_board("x86-uefi"), disk=disk, snapshot=False,
                   serial_port=qemu_port, accel="tcg", no_reboot=True, vars_file=vars_fd)
-    proxy = LineProxy(qemu_port, seed=42)
+    proxy = LineProxy(qemu_port, seed=42, rate=UART_RATE)
     return Vm(qemu_argv(spec), proxy.port, logs, name), proxy
 
 
@@ -93,12 +93,16 @@ def provisioned(hello_v1: appsdk.BuildResult, tmp_path_factory: pytest.TempPathF
         sh.attach()
         noisy = os.urandom(300 * 1024)
         proxy.drop = proxy.flip = 2e-5
-        facts["noisy_push"] = push_bytes(sh, noisy, "/var/lib/hello/noisy.bin", line_rate=1e6)
+        sent, sending = proxy.sent, proxy.sending
+        facts["noisy_push"] = push_bytes(sh, noisy, "/var/lib/hello/noisy.bin",
+                                         line_rate=UART_RATE)
+        facts["line"] = (proxy.sent - sent, proxy.sending - sending)
         facts["noise"] = (proxy.dropped, proxy.flipped)
         # A line far too noisy: a clear failure, and no file under the name.
         proxy.drop = 0.02
         try:
-            push_bytes(sh, noisy, "/var/lib/hello/hopeless.bin", line_rate=1e6, max_failures=3)
+            push_bytes(sh, noisy, "/var/lib/hello/hopeless.bin", line_rate=UART_RATE,
+                       max_failures=3)
             facts["hopeless"] = "pushed?!"
         except PushFailed as exc:
             facts["hopeless"] = str(exc)
@@ -165,6 +169,9 @@ def test_noisy_line_still_delivers_the_right_bytes(provisioned: dict[str, object
     assert dropped + flipped > 0, "the proxy did not disturb anything: the test proves nothing"
     push = provisioned["noisy_push"]
     assert push.retries > 0  # type: ignore[attr-defined]
+    # The line ran at the UART rate it claims: 300 KiB cannot cross it faster.
+    sent, seconds = provisioned["line"]  # type: ignore[misc]
+    assert sent >= 300 * 1024 and sent / seconds <= UART_RATE * 1.02, (sent, seconds)
     assert push.sha256 == provisioned["noisy_want"]  # type: ignore[attr-defined]
     assert provisioned["noisy_on_device"] == provisioned["noisy_want"]
 
