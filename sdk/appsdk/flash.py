@@ -17,19 +17,23 @@ found after the head was written clears the head again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mmap
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import bmap as bmapfile
+from . import gpt
 from .blockdev import BlockDevice, probe, refuse_if_unsafe
-from .errors import ConfigError, DeviceFailed, DeviceRefused, VerifyFailed
+from .digest import sha256_file
+from .errors import AppsdkError, ConfigError, DeviceFailed, DeviceRefused, VerifyFailed
 from .progress import Event, NullReporter, Reporter
 
 MiB = 1024 * 1024
@@ -47,6 +51,7 @@ class Source:
     bmap: bmapfile.Bmap
     board: str | None  # None: a bare image without build.json (board cannot be checked)
     min_device_size: int
+    bmap_file: Path | None = None  # None: the map was computed from the image's holes
 
 
 @dataclass(frozen=True)
@@ -65,20 +70,112 @@ class FlashResult:
 
 def open_source(path: Path) -> Source:
     """A build directory (build.json names image, bmap and board) or an image file (its
-    .bmap beside it if present, else one computed from the file's holes)."""
+    .bmap beside it if present, else one computed from the file's holes), with every input
+    proven before any device is opened: the bmap is the one the build recorded and
+    consistent, the image is as long as the bmap and its own GPT says, the bmap maps the
+    GPT and every byte of data the image holds, and the image's mapped ranges hash to the
+    bmap's checksums. A flaw is a ConfigError naming the image or the bmap."""
     from .buildinfo import locate_image
 
     image, record = locate_image(path)
-    bmap_path = (image.parent / record["artifacts"]["bmap"]["file"] if record
-                 else image.with_name(image.name + ".bmap"))
-    block_map = bmapfile.parse(bmap_path) if bmap_path.exists() else bmapfile.create(image)
-    if block_map.image_size != image.stat().st_size:
-        raise ConfigError(f"bmap is for an image of {block_map.image_size} bytes, the image "
-                          f"has {image.stat().st_size}", file=str(bmap_path),
+    size = image.stat().st_size
+    beside = image.with_name(image.name + ".bmap")
+    bmap_path = beside if beside.exists() else None
+    if record:
+        bmap_path = image.parent / record["artifacts"]["bmap"]["file"]
+        _check_recorded(image, size, bmap_path, record["artifacts"])
+    block_map = bmapfile.parse(bmap_path) if bmap_path else bmapfile.create(image)
+    if block_map.image_size != size:
+        raise ConfigError(f"bmap is for an image of {block_map.image_size} bytes, "
+                          f"{image.name} has {size}", file=str(bmap_path),
                           hint="rebuild, or remove the stale .bmap")
     board = record["board"]["name"] if record else None
-    min_size = int(record.get("min_device_size", 0)) if record else 0
-    return Source(image, block_map, board, max(min_size, block_map.image_size))
+    min_size = (record.get("min_device_size") or 0) if record else 0
+    source = Source(image, block_map, board, max(min_size, block_map.image_size), bmap_path)
+    table = gpt.read(image) if record else gpt.probe(image)
+    if bmap_path:  # a map computed from the image describes it by construction
+        _check_covers(source, table)
+        _check_image_ranges(source, recorded=record is not None)
+    return source
+
+
+def _check_recorded(image: Path, size: int, bmap_path: Path,
+                    artifacts: dict[str, Any]) -> None:
+    """The bmap is byte for byte the one build.json vouches for, the image as long as the
+    build made it. (The image is not hashed whole: its mapped ranges are checked against
+    the bmap and the rest against holding no data, which together prove the same.)"""
+    if not bmap_path.is_file():
+        raise ConfigError("build.json names this bmap, but it is missing",
+                          file=str(bmap_path), hint="rebuild, or copy the build's .bmap "
+                          "back beside the image")
+    want = artifacts["bmap"]["sha256"]
+    got = sha256_file(bmap_path)
+    if got != want:
+        raise ConfigError(f"not the bmap this build wrote: its sha256 is {got}, build.json "
+                          f"records {want}", file=str(bmap_path),
+                          hint="restore the build's own .bmap, or rebuild")
+    recorded = artifacts["image"]["size"]
+    if size != recorded:
+        raise ConfigError(f"the image has {size} bytes, build.json records {recorded}: it "
+                          "was changed or cut short after the build", file=str(image),
+                          hint="rebuild, or copy the image again")
+
+
+def _check_covers(source: Source, table: gpt.Gpt | None) -> None:
+    """The bmap maps the image's partition table and every byte of data it holds."""
+    name = source.bmap_file
+    for what, offset, length in table.regions() if table else ():
+        if not source.bmap.maps(offset, length):
+            raise ConfigError(f"does not map {what} (bytes {offset}-{offset + length - 1}) "
+                              f"of {source.image}: a flash would leave no valid partition "
+                              "table", file=str(name), hint="the bmap was made for another "
+                              "image: " + bmapfile.HINT)
+    found = bmapfile.unmapped_data(source.image, source.bmap)
+    if found is not None:
+        part = table.partition_at(found) if table else None
+        inside = f" (partition {part.number}, {part.label or part.type})" if part else ""
+        raise ConfigError(f"{source.image} holds data at byte {found}{inside} that the bmap "
+                          "does not map: the bmap was made for another image, or the image "
+                          "was changed after it", file=str(name), hint=bmapfile.HINT)
+
+
+def _check_image_ranges(source: Source, recorded: bool) -> None:
+    """Every mapped range of the image hashes to the bmap's checksum, so that a read-back
+    mismatch later can only be the device's doing."""
+    bad = _changed_ranges(source, range(len(source.bmap.ranges)))
+    if bad:
+        cause = ("it was changed after the build (its bmap is the one build.json records)"
+                 if recorded else "it was changed after its bmap was made, or the bmap "
+                 "belongs to another image")
+        raise ConfigError(f"{len(bad)} of {len(source.bmap.ranges)} mapped ranges differ "
+                          f"from the bmap {source.bmap_file}: {_describe(source, bad)}; "
+                          f"{cause}", file=str(source.image),
+                          hint="rebuild, or restore the image; no device was touched")
+
+
+def _changed_ranges(source: Source, indices: Iterable[int]) -> list[int]:
+    """Of `indices`, the ranges whose bytes in the image differ from the bmap's checksums."""
+    wanted = list(indices)
+    try:
+        fd = os.open(source.image, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:  # moved or removed since it was opened: not proven good
+        raise ConfigError(f"cannot read the image: {exc.strerror}", file=str(source.image),
+                          hint="keep the image in place while flashing") from None
+    try:
+        got = _hash_ranges(fd, str(source.image), source, wanted, 4096)
+    finally:
+        os.close(fd)
+    return [i for i in wanted if got.get(i) != source.bmap.ranges[i].checksum]
+
+
+def _describe(source: Source, indices: list[int]) -> str:
+    bs = source.bmap.block_size
+    spans = []
+    for i in indices[:5]:
+        r, e = source.bmap.ranges[i], _range_extent(source, i)
+        spans.append(f"blocks {r.first}-{r.last} (bytes {r.first * bs}-"
+                     f"{e.offset + e.length - 1})")
+    return ", ".join(spans) + (" ..." if len(indices) > 5 else "")
 
 
 @dataclass(frozen=True)
@@ -410,8 +507,9 @@ def flash(source: Source, device: str | Path, *, board: str | None = None,
                 reporter.emit(Event("stage-start", "verify", "reading back the last ranges"))
             try:
                 digest = verifier.result()
-            except VerifyFailed:
-                _invalidate(fd)  # the head is written by now
+            except AppsdkError:
+                with contextlib.suppress(OSError):  # a device that failed a read may refuse
+                    _invalidate(fd)  # the head is written by now
                 raise
             verify_seconds = time.monotonic() - start - write_seconds
             reporter.emit(Event("stage-done", "verify", "all mapped ranges match",
@@ -465,10 +563,10 @@ class _Verifier:
         return sorted(inside) + [i for i in indices if i not in inside]
 
     def _check(self, i: int, digest: str) -> None:
-        if digest != self.source.bmap.ranges[i].sha256:
+        if digest != self.source.bmap.ranges[i].checksum:
             try:
                 _judge(self.source, self.dev, {i: digest}, only={i})
-            except VerifyFailed as exc:
+            except AppsdkError as exc:
                 self.handoff.fail(exc)  # before raising: wakes our own read-ahead too
                 raise
 
@@ -516,9 +614,9 @@ def _hash_ranges(fd: int, name: str, source: Source, indices: list[int], align: 
                  meter: _Meter | None = None,
                  ready: Callable[[Extent], None] | None = None,
                  check: Callable[[int, str], None] | None = None) -> dict[int, str]:
-    """sha256 of each range as read from `fd`, reading ahead across range boundaries.
-    `ready` is passed to the read-ahead; `check(index, digest)` sees each range as soon
-    as it is hashed."""
+    """Each range's checksum (of the bmap's type) as read from `fd`, reading ahead across
+    range boundaries. `ready` is passed to the read-ahead; `check(index, digest)` sees each
+    range as soon as it is hashed."""
     chunks = [(i, c) for i in indices for c in _split([_range_extent(source, i)])]
     out: dict[int, str] = {}
     digest, current = hashlib.sha256(), None
@@ -533,7 +631,7 @@ def _hash_ranges(fd: int, name: str, source: Source, indices: list[int], align: 
     for (i, _), (c, view) in zip(chunks, reads, strict=True):
         if i != current:
             close_range()
-            digest, current = hashlib.sha256(), i
+            digest, current = source.bmap.ranges[i].hasher(), i
         digest.update(view[:c.length])
         if meter:
             meter.add_verified(c.length)
@@ -544,17 +642,22 @@ def _hash_ranges(fd: int, name: str, source: Source, indices: list[int], align: 
 def _judge(source: Source, dev: BlockDevice, got: dict[int, str],
            only: set[int] | None = None) -> str:
     """Raise VerifyFailed naming the ranges that differ (of `only`, if given: the ranges
-    read so far); else the device digest."""
-    ranges, bs = source.bmap.ranges, source.bmap.block_size
-    bad = [f"blocks {r.first}-{r.last} (bytes {r.first * bs}-"
-           f"{_range_extent(source, i).offset + _range_extent(source, i).length - 1})"
-           for i, r in enumerate(ranges)
-           if (only is None or i in only) and got.get(i) != r.sha256]
+    read so far); else the device digest. The medium is blamed only for ranges the image
+    still holds as its bmap says (open_source proved that once; this re-reads the image's
+    bad ranges, in case it was changed during the flash)."""
+    ranges = source.bmap.ranges
+    bad = [i for i, r in enumerate(ranges)
+           if (only is None or i in only) and got.get(i) != r.checksum]
     if bad:
+        changed = _changed_ranges(source, bad)
+        if changed:
+            raise ConfigError(f"changed while it was being read: {_describe(source, changed)} "
+                              f"no longer match the bmap, so {dev.path} was not verified",
+                              file=str(source.image), hint="leave the image alone during a "
+                              "flash or verify, and run it again")
         raise VerifyFailed(
             f"verification FAILED on {dev.path}: {len(bad)} of {len(ranges)} "
-            f"mapped ranges differ from the image: {', '.join(bad[:5])}"
-            + (" ..." if len(bad) > 5 else ""),
+            f"mapped ranges differ from the image: {_describe(source, bad)}",
             hint="the medium may be failing or counterfeit; try another card")
     whole = hashlib.sha256()
     for i in range(len(ranges)):
@@ -597,5 +700,5 @@ def image_digest(source: Source) -> str:
     """The digest verify_device reports for a device that matches the bmap."""
     whole = hashlib.sha256()
     for r in source.bmap.ranges:
-        whole.update(bytes.fromhex(r.sha256))
+        whole.update(bytes.fromhex(r.checksum))
     return whole.hexdigest()

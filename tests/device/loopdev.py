@@ -9,6 +9,9 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+from appsdk import bmap
+from appsdk.digest import sha256_file
+
 MiB = 1024 * 1024
 
 
@@ -41,14 +44,14 @@ def make_image(path: Path, size_mib: int = 160, seed: int = 7) -> Path:
 
 def make_build_dir(directory: Path, board: str, image_mib: int = 160) -> Path:
     """A build directory as `appsdk build` leaves it, as far as flashing cares."""
-    from appsdk import bmap
-
     directory.mkdir(parents=True, exist_ok=True)
     image = make_image(directory / "demo_1.0.img", image_mib)
-    bmap.write(bmap.create(image), directory / "demo_1.0.img.bmap")
+    block_map = bmap.write(bmap.create(image), directory / "demo_1.0.img.bmap")
     (directory / "build.json").write_text(json.dumps({
         "id": "demo", "version": "1.0", "board": {"name": board},
-        "artifacts": {"image": {"file": image.name}, "bmap": {"file": "demo_1.0.img.bmap"}},
+        "artifacts": {kind: {"file": path.name, "size": path.stat().st_size,
+                             "sha256": sha256_file(path)}
+                      for kind, path in (("image", image), ("bmap", block_map))},
         "min_device_size": 200 * MiB}))
     return directory
 
@@ -56,3 +59,23 @@ def make_build_dir(directory: Path, board: str, image_mib: int = 160) -> Path:
 def sha256_of_device(dev: str) -> str:
     out = subprocess.run(["sha256sum", dev], check=True, capture_output=True, text=True)
     return out.stdout.split()[0]
+
+
+def sparse_copy(source: Path, target: Path) -> Path:
+    """A copy that keeps the holes (shutil would write them out as zeros)."""
+    subprocess.run(["cp", "--sparse=always", str(source), str(target)], check=True)
+    return target
+
+
+def bmap_v13(block_map: bmap.Bmap) -> str:
+    """A bmap in format 1.3 (sha1 ranges, BmapFileSHA1), as bmaptool 1.x wrote it."""
+    lines = ['<?xml version="1.0" ?>', '<bmap version="1.3">',
+             f"    <ImageSize> {block_map.image_size} </ImageSize>",
+             f"    <BlockSize> {block_map.block_size} </BlockSize>",
+             f"    <BlocksCount> {block_map.blocks_count} </BlocksCount>",
+             f"    <MappedBlocksCount> {block_map.mapped_blocks} </MappedBlocksCount>",
+             "    <BmapFileSHA1> 0 </BmapFileSHA1>", "    <BlockMap>"]
+    lines += [f'        <Range sha1="{r.checksum}"> {r.first}-{r.last} </Range>'
+              for r in block_map.ranges]
+    lines += ["    </BlockMap>", "</bmap>", ""]
+    return bmap.seal("\n".join(lines), "sha1")

@@ -1,5 +1,6 @@
 """appsdk flash / verify on real loop devices: content, GPT, bmap compatibility with
-bmaptool in both directions, corruption, refusals that write nothing, interruption."""
+bmaptool in both directions, corruption, refusals that write nothing (bad devices and bad
+inputs), interruption."""
 
 from __future__ import annotations
 
@@ -7,19 +8,29 @@ import errno
 import json
 import mmap
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from loopdev import MiB, loop_device, make_build_dir, make_image, sha256_of_device
+from loopdev import (
+    MiB,
+    bmap_v13,
+    loop_device,
+    make_build_dir,
+    make_image,
+    sha256_of_device,
+    sparse_copy,
+)
 
 from appsdk import bmap
 from appsdk.cli import main
-from appsdk.errors import DeviceFailed, VerifyFailed
+from appsdk.errors import ConfigError, DeviceFailed, VerifyFailed
 from appsdk.flash import flash, image_digest, open_source
 from appsdk.provision_usb import provision_usb
 
@@ -306,3 +317,243 @@ def test_image_size_not_a_multiple_of_the_block_size(tmp_path: Path) -> None:
             tail = d.read(4096)
         assert tail[:1536] == last and tail[1536:] == bytes(4096 - 1536)
         assert subprocess.run(["sfdisk", "--verify", dev], capture_output=True).returncode == 0
+
+
+# --- inputs that do not describe each other: refused before the device is opened -------
+
+PART2_DATA = 60 * MiB  # make_image: random data inside partition 2 (49-97 MiB)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One sparse image and its bmap, copied (holes kept) by each case."""
+    directory = tmp_path_factory.mktemp("pristine")
+    image = make_image(directory / "disk.img")
+    bmap.write(bmap.create(image), directory / "disk.img.bmap")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A loop device full of stale data, and its sha256 (each case asserts it unchanged)."""
+    backing = tmp_path_factory.mktemp("target") / "dev"
+    with loop_device(backing, 256 * MiB) as dev:
+        subprocess.run(["dd", "if=/dev/urandom", f"of={dev}", "bs=1M", "count=256",
+                        "oflag=direct", "status=none"], check=True)
+        yield dev, sha256_of_device(dev)
+
+
+def bare_copy(pristine: Path, tmp_path: Path) -> tuple[Path, Path]:
+    image = sparse_copy(pristine / "disk.img", tmp_path / "disk.img")
+    return image, Path(shutil.copy(pristine / "disk.img.bmap", tmp_path / "disk.img.bmap"))
+
+
+def reseal(path: Path, pattern: str, replacement: str) -> None:
+    """Edit the bmap's text and give it a valid file checksum again: what is refused is
+    then the content, not the corruption."""
+    text = path.read_text()
+    changed = re.sub(pattern, replacement, text, count=1, flags=re.S)
+    assert changed != text, pattern
+    path.write_text(bmap.seal(changed))
+
+
+def drop_ranges(path: Path, keep: Callable[[bmap.Range], bool]) -> None:
+    """Remove ranges from the bmap, with MappedBlocksCount and the checksum made to agree."""
+    old = bmap.parse(path)
+    ranges = tuple(r for r in old.ranges if keep(r))
+    assert len(ranges) < len(old.ranges)
+    bmap.write(bmap.Bmap(old.image_size, old.block_size, ranges), path)
+
+
+def case_empty_blockmap(image: Path, bmap_file: Path) -> None:
+    reseal(bmap_file, r"<MappedBlocksCount> \d+ (.*)<BlockMap>.*</BlockMap>",
+           r"<MappedBlocksCount> 0 \1<BlockMap></BlockMap>")
+
+
+def case_truncated(image: Path, bmap_file: Path) -> None:
+    text = bmap_file.read_text()
+    bmap_file.write_text(text[:text.index("<BmapFileChecksum>")])
+
+
+def case_no_file_checksum(image: Path, bmap_file: Path) -> None:
+    bmap_file.write_text(re.sub(r"<BmapFileChecksum>.*</BmapFileChecksum>", "",
+                                bmap_file.read_text()))
+
+
+def case_changed_image(image: Path, bmap_file: Path) -> None:
+    with image.open("r+b") as f:
+        f.seek(PART2_DATA + 4321)
+        byte = f.read(1)
+        f.seek(PART2_DATA + 4321)
+        f.write(bytes([byte[0] ^ 1]))
+
+
+def case_wrong_range_checksum(image: Path, bmap_file: Path) -> None:
+    reseal(bmap_file, r'(<Range chksum=")[0-9a-f](.*?)(">\s*15360)', r"\g<1>0\2\3"
+           if 'chksum="0' not in bmap_file.read_text() else r"\g<1>1\2\3")
+
+
+def case_reversed_range(image: Path, bmap_file: Path) -> None:
+    reseal(bmap_file, r"> 15360-20479 <", "> 20479-15360 <")
+
+
+def case_range_past_end(image: Path, bmap_file: Path) -> None:
+    blocks = bmap.parse(bmap_file).blocks_count
+    reseal(bmap_file, rf"-{blocks - 1} <", f"-{blocks} <")
+
+
+def case_block_size_1(image: Path, bmap_file: Path) -> None:
+    reseal(bmap_file, r"<BlockSize> 4096 </BlockSize>", "<BlockSize> 1 </BlockSize>")
+
+
+def case_mapped_count_wrong(image: Path, bmap_file: Path) -> None:
+    reseal(bmap_file, r"<MappedBlocksCount> (\d+)", r"<MappedBlocksCount> 1\1")
+
+
+def case_partition_missing(image: Path, bmap_file: Path) -> None:
+    drop_ranges(bmap_file, lambda r: not 49 * MiB <= r.first * 4096 < 97 * MiB)
+
+
+def case_gpt_head_missing(image: Path, bmap_file: Path) -> None:
+    drop_ranges(bmap_file, lambda r: r.first != 0)
+
+
+def case_image_shorter_than_its_gpt(image: Path, bmap_file: Path) -> None:
+    with image.open("r+b") as f:
+        f.truncate(image.stat().st_size - MiB)
+    bmap.write(bmap.create(image), bmap_file)  # a bmap that agrees with the short image
+
+
+BARE_CASES: list[tuple[Callable[[Path, Path], None], str, str]] = [
+    (case_empty_blockmap, "bmap", "the block map lists no ranges"),
+    (case_truncated, "bmap", "not well-formed XML"),
+    (case_no_file_checksum, "bmap", "no <BmapFileChecksum>: the bmap is incomplete"),
+    (case_changed_image, "image", r"1 of \d+ mapped ranges differ from the bmap .*: blocks "
+     r"15360-20479 .*changed after its bmap was made"),
+    (case_wrong_range_checksum, "image", r"1 of \d+ mapped ranges differ"),
+    (case_reversed_range, "bmap", "ends before it starts"),
+    (case_range_past_end, "bmap", "lies past the image's end"),
+    (case_block_size_1, "bmap", "BlockSize 1 is not a power of two"),
+    (case_mapped_count_wrong, "bmap", "MappedBlocksCount 1\\d+ does not match its ranges"),
+    (case_partition_missing, "bmap", f"holds data at byte {PART2_DATA} \\(partition 2, "
+     "linux-generic\\) that the bmap does not map"),
+    (case_gpt_head_missing, "bmap", "does not map the protective MBR and primary GPT header"),
+    (case_image_shorter_than_its_gpt, "image", "shorter than its partition table"),
+]
+
+
+def refused_input(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    code = main(args)
+    out, err = capsys.readouterr()
+    assert code == ConfigError.exit_code, err
+    assert "matches" not in out and "flashed" not in out
+    return err
+
+
+@pytest.mark.parametrize(("make", "blamed", "message"), BARE_CASES,
+                         ids=[c[0].__name__.removeprefix("case_") for c in BARE_CASES])
+def test_bad_inputs_are_refused_and_the_device_is_untouched(
+        pristine: Path, target: tuple[str, str], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], make: Callable[[Path, Path], None],
+        blamed: str, message: str) -> None:
+    dev, before = target
+    image, bmap_file = bare_copy(pristine, tmp_path)
+    make(image, bmap_file)
+    named = str(bmap_file if blamed == "bmap" else image)
+    for command in (["flash", str(image), dev, "--yes", "--allow-fixed"],
+                    ["verify", str(image), dev]):
+        err = refused_input(command, capsys)
+        assert re.search(message, err), err
+        assert f"appsdk: error: {named}: " in err, err
+    with pytest.raises(ConfigError):
+        open_source(image)  # (what provision usb calls first)
+    assert sha256_of_device(dev) == before
+
+
+def test_build_inputs_must_be_what_build_json_records(
+        target: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dev, before = target
+    build = make_build_dir(tmp_path / "build", "x86-uefi")
+    image, bmap_file, record = (build / "demo_1.0.img", build / "demo_1.0.img.bmap",
+                                build / "build.json")
+    flash_it = ["flash", str(build), dev, "--yes", "--allow-fixed"]
+    good = bmap_file.read_bytes()
+
+    # A valid bmap of the same image, but not the one the build wrote (8 KiB blocks).
+    bmap.write(bmap.create(image, block_size=8192), bmap_file)
+    err = refused_input(flash_it, capsys)
+    assert f"{bmap_file}: not the bmap this build wrote" in err
+    bmap_file.unlink()
+    err = refused_input(flash_it, capsys)
+    assert f"{bmap_file}: build.json names this bmap, but it is missing" in err
+    bmap_file.write_bytes(good)
+
+    # The image cut short: build.json's size says so before anything else is read.
+    size = image.stat().st_size
+    with image.open("r+b") as f:
+        f.seek(size - 4096)
+        tail = f.read()
+        f.truncate(size - 4096)
+    err = refused_input(flash_it, capsys)
+    assert f"{image}: the image has {size - 4096} bytes, build.json records {size}" in err
+    with image.open("r+b") as f:
+        f.seek(size - 4096)
+        f.write(tail)
+    assert open_source(build).bmap_file == bmap_file  # restored: accepted again
+
+    # build.json itself: garbage, {}, and names that would leave the directory.
+    original = record.read_bytes()
+    for raw, message in ((b"\xff garbage", ": not UTF-8"), (b"garbage", ":1: not JSON"),
+                         (b"{}", ": id: is missing"),
+                         (original.replace(b'"demo_1.0.img.bmap"', b'"../../x"'),
+                          ": artifacts.bmap.file: '../../x' is not a plain file name")):
+        record.write_bytes(raw)
+        err = refused_input(flash_it, capsys)
+        assert f"{record}{message}" in err, err
+    record.write_bytes(original)
+    assert sha256_of_device(dev) == before
+
+
+def test_bmap_1_3_with_sha1_flashes_as_bmaptool_does_and_verifies_sha1(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = make_image(tmp_path / "disk.img")
+    old = tmp_path / "disk.img.bmap"
+    old.write_text(bmap_v13(bmap.create(image, checksum_type="sha1")))
+    with loop_device(tmp_path / "a", 256 * MiB) as a, \
+            loop_device(tmp_path / "b", 256 * MiB) as b:
+        # The oracle copies with the 1.3 file (it checks the sha1s itself) ...
+        subprocess.run(["bmaptool", "copy", "--bmap", str(old), str(image), a], check=True,
+                       capture_output=True)
+        # ... and so do we; the mapped ranges agree byte for byte with the image.
+        assert main(["flash", str(image), b, "--yes", "--allow-fixed"]) == 0
+        block_map = bmap.parse(old)
+        assert block_map.checksum_type == "sha1"
+        assert mapped_ranges_equal(image, b, block_map) == []
+        assert mapped_ranges_equal(image, a, block_map) == []
+        assert main(["verify", str(image), b]) == 0
+        assert "matches" in capsys.readouterr().out
+        with open(b, "r+b") as f:  # one flipped byte: the sha1 read-back must see it
+            f.seek(PART2_DATA + 99)
+            byte = f.read(1)
+            f.seek(PART2_DATA + 99)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        assert main(["verify", str(image), b]) == VerifyFailed.exit_code
+        err = capsys.readouterr().err
+        assert "verification FAILED" in err and f"bytes {PART2_DATA}-" in err
+
+
+def test_an_image_changed_during_the_flash_is_blamed_not_the_card(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """open_source proved the image; if it changes afterwards, the read-back mismatch names
+    the image (and the head is cleared), never 'the medium may be failing'."""
+    image = make_image(tmp_path / "disk.img")
+    source = open_source(image)
+    with image.open("r+b") as f:
+        f.seek(PART2_DATA + 5)
+        f.write(b"changed")
+    with loop_device(tmp_path / "dev", 256 * MiB) as dev:
+        with pytest.raises(ConfigError, match="changed while it was being read") as e:
+            flash(source, dev, allow_fixed=True)
+        assert str(e.value).startswith(f"{image}: ") and "failing" not in str(e.value.hint)
+        dump = subprocess.run(["sfdisk", "-d", dev], capture_output=True, text=True)
+        assert dump.returncode != 0
