@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appsdk import keys
 from appsdk.boards import load_board
@@ -18,7 +20,7 @@ from appsdk.errors import ConfigError, VerifyFailed
 from appsdk.layout import layout_for
 from appsdk.ondevice import sysupdate_transfers
 from appsdk.runner import Runner
-from appsdk.stages.update import sha256sums, update_names
+from appsdk.stages.update import format_sums, parse_sums, sha256sums, update_names
 
 REPO = Path(__file__).resolve().parents[2]
 needs_gpg = pytest.mark.skipif(shutil.which("gpg") is None, reason="gpg not installed")
@@ -128,3 +130,34 @@ def test_generate_refuses_to_overwrite_and_load_explains(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match="no update-signing key") as info:
         keys.load(tmp_path / "missing", runner)
     assert info.value.hint and "appsdk keys generate" in info.value.hint
+
+
+NAMES = st.text(st.characters(blacklist_characters="/\x00\n"), min_size=1, max_size=20).filter(
+    lambda name: name not in (".", ".."))
+DIGESTS = st.dictionaries(NAMES, st.text("0123456789abcdef", min_size=64, max_size=64),
+                          max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(digests=DIGESTS)
+def test_sums_round_trip(digests: dict[str, str]) -> None:
+    assert parse_sums(format_sums(digests), "SHA256SUMS") == digests
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=200) | DIGESTS.map(format_sums).map(lambda t: t.replace("a", "*")))
+def test_any_sums_text_is_read_or_refused(text: str) -> None:
+    try:
+        digests = parse_sums(text, "SHA256SUMS")
+    except ConfigError as exc:
+        assert exc.message.startswith("SHA256SUMS:")
+    else:
+        assert all("/" not in name and name not in (".", "..") for name in digests)
+
+
+def test_parse_sums_refuses_paths_and_duplicates() -> None:
+    sha = "0" * 64
+    assert parse_sums(f"{sha} *a.xz\n", "S") == {"a.xz": sha}  # sha256sum --binary
+    for text in (f"{sha}  ../x\n", f"{sha}  ..\n", f"{sha}  a\n{sha}  a\n", "x  a\n"):
+        with pytest.raises(ConfigError, match="not a SHA256SUMS line"):
+            parse_sums(text, "S")

@@ -3,15 +3,20 @@ verity tree), their SHA256SUMS and its detached signature SHA256SUMS.gpg."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..digest import sha256_file
+from ..errors import ConfigError
 from ..keys import SigningKey, sign
 from ..runner import Runner
 from ..tools import ToolsTree
 
 SUMS = "SHA256SUMS"
+# sha256sum's text ("  ") or binary (" *") mode; a name is a plain file name.
+_SUMS_LINE = re.compile(r"(?P<sha256>[0-9a-f]{64}) [ *](?P<name>(?!\.\.?$)[^/\x00\n]+)")
 
 
 @dataclass(frozen=True)
@@ -36,10 +41,27 @@ def compress(source: Path, target: Path, tools: ToolsTree, runner: Runner) -> Pa
 
 
 def sha256sums(directory: Path, names: list[str]) -> str:
-    lines = []
-    for name in sorted(names):
-        lines.append(f"{sha256_file(directory / name)}  {name}\n")
-    return "".join(lines)
+    return format_sums({name: sha256_file(directory / name) for name in names})
+
+
+def format_sums(digests: Mapping[str, str]) -> str:
+    """SHA256SUMS text (sha256sum's format, sorted by name) for name -> sha256."""
+    return "".join(f"{digests[name]}  {name}\n" for name in sorted(digests))
+
+
+def parse_sums(text: str, where: str) -> dict[str, str]:
+    """name -> sha256 from SHA256SUMS text (format_sums's inverse); `where` names the file."""
+    digests: dict[str, str] = {}
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the last line's newline
+    for number, line in enumerate(lines, 1):
+        match = _SUMS_LINE.fullmatch(line)
+        if match is None or match["name"] in digests:
+            raise ConfigError("not a SHA256SUMS line (or a name listed twice)", file=where,
+                              line=number, hint="SHA256SUMS lines are `<sha256>  <name>`")
+        digests[match["name"]] = match["sha256"]
+    return digests
 
 
 def write_sums(directory: Path, names: list[str], key: SigningKey | None,
