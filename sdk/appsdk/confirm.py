@@ -4,15 +4,14 @@ never gets there, and systemd's runtime watchdog resets a hung kernel or PID 1."
 
 from __future__ import annotations
 
-from importlib import resources
-
 from .boards import Board
 from .config import Appliance, HealthCheck
 from .errors import ConfigError
-from .ondevice import File
+from .ondevice import File, device_script
 
-DEVICE_TOOLS = ("appsdk-lib", "appsdk-health-check", "appsdk-boot-failed",
-                "appsdk-rollback-check", "appsdk-status", "appsdk-identity")
+# appsdk-lib, which they all source, comes with ondevice.esp_files (every image has it).
+DEVICE_TOOLS = ("appsdk-health-check", "appsdk-boot-failed", "appsdk-rollback-check",
+                "appsdk-status", "appsdk-identity")
 
 BOOT_FAILED_UNIT = """[Unit]
 Description=appsdk: a health check failed
@@ -39,9 +38,21 @@ WantedBy=multi-user.target
 
 
 def systemd_quote(text: str) -> str:
-    """One argument for ExecStart=: double-quoted, with specifiers and variables escaped."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    return '"' + escaped.replace("%", "%%").replace("$", "$$") + '"'
+    """One argument for ExecStart=, arriving exactly as written: double-quoted (systemd
+    C-unescapes the word first, so \\ and " are escaped and control characters written as
+    \\xNN), then specifiers (%%) and variables ($$), which systemd expands after unquoting."""
+    if "\0" in text:
+        raise ConfigError("a health check command cannot hold a NUL character",
+                          field="health", hint="remove the NUL from the command")
+    out = []
+    for char in text:
+        if char in '\\"':
+            out.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append({"%": "%%", "$": "$$"}.get(char, char))
+    return '"' + "".join(out) + '"'
 
 
 def check_target(check: HealthCheck) -> tuple[str, str]:
@@ -105,8 +116,7 @@ def confirmation_files(app: Appliance, board: Board) -> dict[str, File]:
     """Files under /usr for boot confirmation."""
     files: dict[str, File] = {}
     for name in DEVICE_TOOLS:
-        text = (resources.files("appsdk") / "data" / "device" / name).read_text()
-        files[f"lib/appsdk/{name}"] = File(text, 0o644 if name == "appsdk-lib" else 0o755)
+        files[f"lib/appsdk/{name}"] = File(device_script(name), 0o755)
     files["lib/systemd/system/appsdk-boot-failed.service"] = File(BOOT_FAILED_UNIT)
     files["lib/systemd/system/appsdk-rollback-check.service"] = File(ROLLBACK_UNIT)
     files["lib/systemd/system/boot-complete.target.d/appsdk-deadline.conf"] = File(

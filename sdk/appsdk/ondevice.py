@@ -4,6 +4,7 @@ Pure functions (config in, {path: File} out) so the contract is unit-testable.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
 
 from .config import Appliance
 from .layout import VAR_LABEL, Layout, device_repart
@@ -13,6 +14,11 @@ from .layout import VAR_LABEL, Layout, device_repart
 class File:
     content: str
     mode: int = 0o644
+
+
+def device_script(name: str) -> str:
+    """One of the on-device tools in appsdk/data/device (bash; the device has no Python)."""
+    return (resources.files("appsdk") / "data" / "device" / name).read_text()
 
 
 def os_release(base: str, app: Appliance) -> str:
@@ -58,6 +64,10 @@ After=systemd-machine-id-commit.service
 Before=sysinit.target shutdown.target
 Conflicts=shutdown.target
 ConditionPathExists=!/var/lib/appsdk/machine-id
+# Never keep an id in a /var that is only the tmpfs root: stop the boot instead.
+AssertPathIsMountPoint=/var
+OnFailure=emergency.target
+OnFailureJobMode=replace-irreversibly
 
 [Service]
 Type=oneshot
@@ -78,7 +88,11 @@ After=appsdk-machine-id.service
 Before=sysinit.target network-pre.target systemd-networkd.service shutdown.target
 Wants=network-pre.target
 Conflicts=shutdown.target
-ConditionPathIsDirectory=/var/lib/appsdk/identity
+# Runs on every boot (it checks that the machine-id is the one kept in /var); without /var
+# the device would come up without its identity: stop the boot instead.
+AssertPathIsMountPoint=/var
+OnFailure=emergency.target
+OnFailureJobMode=replace-irreversibly
 
 [Service]
 Type=oneshot
@@ -98,10 +112,12 @@ PRESET = "# appsdk: unit enablement is decided when the image is built.\ndisable
 
 
 def fstab() -> str:
-    # /var is created by systemd-repart on first boot, so its mount waits for repart.
+    # /var is created by systemd-repart on first boot, so its mount waits for repart. It is
+    # required (no nofail): a boot without it goes to emergency mode.
     # The ESP is mounted at /efi for systemd-sysupdate (PathRelativeTo=boot), bless-boot and
-    # appsdk-rollback-check. (An on-demand automount would keep FAT clean across crashes, but
-    # rollback-check's RequiresMountsFor=/efi then never ran: left for later, see notes.)
+    # appsdk-rollback-check, read-only: a power cut cannot leave its FAT half-written. Its
+    # writers take it read-write for their run only (appsdk-esp, ESP_DROPINS). Pass 2: after
+    # an unclean shutdown systemd-fsck@ runs fsck.vfat -a (dosfstools) before mounting it.
     return (
         "# appsdk: / is a tmpfs, /usr comes from the kernel command line, /var persists.\n"
         f"PARTLABEL={VAR_LABEL} /var ext4 "
@@ -109,7 +125,7 @@ def fstab() -> str:
         # nofail: boot does not wait for it, only what needs /efi does; so wait long. A
         # short timeout (30 s) expired under emulation, and a device without /efi cannot
         # bless a good update: boot counting would then roll it back.
-        "PARTLABEL=esp /efi vfat umask=0077,nofail,x-systemd.device-timeout=300s 0 0\n"
+        "PARTLABEL=esp /efi vfat ro,umask=0077,nofail,x-systemd.device-timeout=300s 0 2\n"
     )
 
 
@@ -130,7 +146,9 @@ def sysupdate_transfers(app: Appliance, layout: Layout, url: str) -> dict[str, s
     from .stages.update import update_names
 
     names = update_names(app.id, "@v")
-    source: dict[str, str | int] = {"Type": "url-file", "Path": url.rstrip("/") + "/"}
+    # sysupdate expands %-specifiers in Path=: a literal % (URL escapes) must be doubled.
+    path = url.rstrip("/").replace("%", "%%") + "/"
+    source: dict[str, str | int] = {"Type": "url-file", "Path": path}
     protect: dict[str, str | int] = {"ProtectVersion": "%A", "Verify": "yes"}
     return {
         "40-verity.transfer": transfer({
@@ -161,6 +179,54 @@ def sysupdate_transfers(app: Appliance, layout: Layout, url: str) -> dict[str, s
     }
 
 
+ESP_TOOL = "/usr/lib/appsdk/appsdk-esp"
+# The units that write the ESP get it read-write for their run only ('+': outside their
+# sandbox, so the remount applies to the system, not to a private namespace). sysupdate's
+# ExecStopPost syncs before the ESP goes back to read-only and fails the unit if it cannot.
+SYSUPDATE_DROPIN = f"""# appsdk: the ESP is read-only; an update makes it writable, then syncs.
+[Unit]
+RequiresMountsFor=/efi
+
+[Service]
+ExecStartPre=+{ESP_TOOL} rw %n
+ExecStopPost=+{ESP_TOOL} ro %n
+"""
+# bless-boot is RemainAfterExit=yes: ExecStopPost= would only run at shutdown, so the ESP
+# goes back after a successful rename in ExecStartPost= (and in ExecStopPost= on failure).
+BLESS_DROPIN = f"""# appsdk: the ESP is read-only; blessing makes it writable for the rename only.
+[Unit]
+RequiresMountsFor=/efi
+
+[Service]
+ExecStartPre=+{ESP_TOOL} rw %n
+ExecStartPost=-+{ESP_TOOL} ro %n
+ExecStopPost=-+{ESP_TOOL} ro %n
+"""
+# bootctl random-seed would write the ESP on every boot (and fail on a read-only one);
+# systemd-boot keeps its own seed file. It runs only if the ESP happens to be writable.
+RANDOM_SEED_DROPIN = """# appsdk: the ESP is read-only outside updates and blessing.
+[Unit]
+ConditionPathIsReadWrite=/efi
+"""
+ESP_DROPINS = {
+    "systemd-sysupdate.service": SYSUPDATE_DROPIN,
+    "systemd-bless-boot.service": BLESS_DROPIN,
+    "systemd-boot-random-seed.service": RANDOM_SEED_DROPIN,
+}
+
+
+def esp_files() -> dict[str, File]:
+    """The ESP's writers and `appsdk-update`, the durable systemd-sysupdate (issue 12)."""
+    files = {
+        "lib/appsdk/appsdk-lib": File(device_script("appsdk-lib")),
+        "lib/appsdk/appsdk-esp": File(device_script("appsdk-esp"), 0o755),
+        "bin/appsdk-update": File(device_script("appsdk-update"), 0o755),
+    }
+    for unit, text in ESP_DROPINS.items():
+        files[f"lib/systemd/system/{unit}.d/appsdk-esp.conf"] = File(text)
+    return files
+
+
 def autologin_dropin() -> str:
     return (
         "# appsdk console.autologin: development images only\n"
@@ -182,6 +248,7 @@ def usr_files(app: Appliance, layout: Layout, update_url: str | None = None) -> 
         "lib/systemd/system/appsdk-machine-id.service": File(MACHINE_ID_UNIT),
         "lib/systemd/system/appsdk-identity.service": File(IDENTITY_UNIT),
         "lib/systemd/system-preset/00-appsdk.preset": File(PRESET),
+        **esp_files(),
     }
     for name, text in device_repart(layout).items():
         files[f"lib/repart.d/{name}"] = File(text)

@@ -9,6 +9,8 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appsdk.boards import load_board
 from appsdk.config import HealthCheck, load_appliance
@@ -19,6 +21,7 @@ from appsdk.confirm import (
     systemd_quote,
     watchdog_seconds,
 )
+from appsdk.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = str(resources.files("appsdk") / "data" / "device" / "appsdk-health-check")
@@ -36,6 +39,58 @@ def test_health_unit_gates_boot_complete() -> None:
 
 def test_quoting_survives_systemd_specifiers() -> None:
     assert systemd_quote('test "$HOME" 100%') == '"test \\"$$HOME\\" 100%%"'
+
+
+def systemd_unquote(word: str) -> str:
+    """What systemd makes of one double-quoted ExecStart= argument, in its order: unquote
+    and C-unescape (extract_first_word), then specifiers (%%), then variables ($$). Anything
+    it would expand or reject fails here."""
+    assert word[0] == word[-1] == '"' and len(word) >= 2
+    out, i, body = [], 0, word[1:-1]
+    escapes = {"\\": "\\", '"': '"', "n": "\n", "t": "\t"}
+    while i < len(body):
+        char = body[i]
+        assert char != '"', "an unescaped quote ends the word early"
+        if char == "\\":
+            nxt = body[i + 1]
+            if nxt == "x":
+                value = int(body[i + 2:i + 4], 16)
+                assert value != 0
+                out.append(chr(value))
+                i += 4
+                continue
+            out.append(escapes[nxt])
+            i += 2
+            continue
+        out.append(char)
+        i += 1
+    text = "".join(out)
+    for marker in ("%", "$"):
+        parts = text.split(marker * 2)
+        assert all(marker not in part for part in parts), f"{marker} would be expanded"
+        text = marker.join(parts)
+    return text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
+               max_size=40)
+       | st.text("%$\"\\' \t;&|x", max_size=20))
+def test_quoting_arrives_exactly_as_written(command: str) -> None:
+    assert systemd_unquote(systemd_quote(command)) == command
+
+
+def test_nul_in_a_command_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="NUL"):
+        systemd_quote("a\0b")
+
+
+def test_health_command_reaches_bash_as_written() -> None:
+    command = 'test "$HOME" != \'%h\' && echo 100% \\ $((1+1))'
+    unit = health_unit(HealthCheck(name="c", command=command, timeout=5))
+    line = next(x for x in unit.splitlines() if x.startswith("ExecStart="))
+    quoted = line.removeprefix("ExecStart=/usr/lib/appsdk/appsdk-health-check command ")
+    assert systemd_unquote(quoted.removesuffix(" 5")) == command
 
 
 def test_files_for_hello() -> None:

@@ -7,7 +7,14 @@ from pathlib import Path
 from appsdk.boards import load_board
 from appsdk.config import load_appliance
 from appsdk.layout import device_repart, image_repart, kernel_cmdline, layout_for
-from appsdk.ondevice import etc_files, os_release, usr_files
+from appsdk.ondevice import (
+    IDENTITY_UNIT,
+    MACHINE_ID_UNIT,
+    etc_files,
+    os_release,
+    sysupdate_transfers,
+    usr_files,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,3 +88,39 @@ def test_files_for_device() -> None:
     assert "PARTLABEL=var /var ext4" in etc["fstab"].content
     assert etc["machine-id"].content == "uninitialized\n"
     assert "systemd/system/serial-getty@.service.d/autologin.conf" in etc
+
+
+def test_esp_is_read_only_and_checked() -> None:
+    app, _ = hello()
+    lines = etc_files(app)["fstab"].content.splitlines()
+    esp = next(line for line in lines if " /efi " in line).split()
+    assert esp[3].split(",")[0] == "ro" and esp[5] == "2"  # fsck.vfat -a after a power cut
+    var = next(line for line in lines if " /var " in line).split()
+    assert "nofail" not in var[3]  # a boot without /var stops (local-fs.target fails)
+
+
+def test_esp_writers_get_it_read_write_for_their_run_only() -> None:
+    app, board = hello()
+    usr = usr_files(app, layout_for(app, board))
+    assert usr["bin/appsdk-update"].mode == 0o755
+    assert usr["lib/appsdk/appsdk-esp"].mode == 0o755
+    sysupdate = usr["lib/systemd/system/systemd-sysupdate.service.d/appsdk-esp.conf"].content
+    assert "ExecStartPre=+/usr/lib/appsdk/appsdk-esp rw %n" in sysupdate
+    assert "ExecStopPost=+/usr/lib/appsdk/appsdk-esp ro %n" in sysupdate  # failure counts
+    bless = usr["lib/systemd/system/systemd-bless-boot.service.d/appsdk-esp.conf"].content
+    assert "ExecStartPost=-+/usr/lib/appsdk/appsdk-esp ro %n" in bless  # RemainAfterExit
+    seed = usr["lib/systemd/system/systemd-boot-random-seed.service.d/appsdk-esp.conf"]
+    assert "ConditionPathIsReadWrite=/efi" in seed.content
+
+
+def test_units_refuse_a_missing_var() -> None:
+    for unit in (MACHINE_ID_UNIT, IDENTITY_UNIT):
+        assert "AssertPathIsMountPoint=/var" in unit
+        assert "OnFailure=emergency.target" in unit
+    assert "ConditionPathIsDirectory" not in IDENTITY_UNIT  # runs every boot
+
+
+def test_transfer_source_doubles_percent() -> None:
+    app, board = hello()
+    files = sysupdate_transfers(app, layout_for(app, board), "https://u.example/a%20b")
+    assert "Path=https://u.example/a%%20b/\n" in files["50-usr.transfer"]

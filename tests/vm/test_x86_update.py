@@ -24,7 +24,7 @@ from appsdk.stages.update import SUMS, sha256sums
 from appsdk.tools import ensure_tools
 
 GiB = 1024**3
-SYSUPDATE = "/usr/lib/systemd/systemd-sysupdate --no-pager"
+SYSUPDATE = "appsdk-update --no-pager"
 
 
 class Publisher:

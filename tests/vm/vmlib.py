@@ -133,7 +133,7 @@ def vm_boot(disk: Path, vars_fd: Path | None, log_dir: Path, name: str,
         yield vm
 
 
-SYSUPDATE = "/usr/lib/systemd/systemd-sysupdate --no-pager"
+SYSUPDATE = "appsdk-update --no-pager"  # systemd-sysupdate, synced before it reports success
 TRANSFER_TIMEOUT = "Transfer failed: Timeout was reached"
 
 

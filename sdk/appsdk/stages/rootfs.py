@@ -23,8 +23,8 @@ BASE_PACKAGES = (
     "systemd-container", "systemd-repart", "systemd-cryptsetup", "dracut", "e2fsprogs",
     "login", "passwd", "procps", "kmod", "util-linux",
     # zstd: dracut silently falls back to gzip without it; gpg: sysupdate verifies
-    # SHA256SUMS.gpg by running gpg.
-    "zstd", "gpg",
+    # SHA256SUMS.gpg by running gpg; dosfstools: fsck.vfat for the ESP after a power cut.
+    "zstd", "gpg", "dosfstools",
 )
 
 

@@ -1,0 +1,345 @@
+"""The on-device bash tools run for real, on the host, against a fake root (APPSDK_ROOT) with
+PATH stubs for the commands that would touch the system (hostname, systemctl, mount, sync)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from appsdk.provision_serial import install_local_update
+
+DEVICE = Path(str(resources.files("appsdk") / "data" / "device"))
+SCRIPTS = sorted(p for p in DEVICE.iterdir() if p.is_file())
+
+STUBS = {
+    # hostname: prints the fake current name; `hostname NAME` records what was set.
+    "hostname": 'if [ $# -gt 0 ]; then printf "%s\\n" "$1" > "$APPSDK_ROOT/hostname.set"; '
+                'else cat "$APPSDK_ROOT/hostname.now"; fi',
+    "systemctl": 'echo "systemctl $*" >> "$APPSDK_ROOT/log"\n'
+                 '[ "$1" = list-units ] && cat "$APPSDK_ROOT/units" 2>/dev/null\n'
+                 '[ "$1" != -q ]',
+    "systemd-analyze": '[ "$1" = compare-versions ] && [ "$3" = gt ] && [ "$2" != "$4" ] && '
+                       '[ "$(printf "%s\\n%s\\n" "$2" "$4" | sort -V | tail -n1)" = "$2" ]',
+    "systemd-cat": "cat > /dev/null",
+    "mountpoint": '[ -e "$APPSDK_ROOT/mounted" ]',
+    "mount": 'echo "mount $*" >> "$APPSDK_ROOT/log"; [ ! -e "$APPSDK_ROOT/mount-fails" ]',
+    "sync": 'echo "sync $*" >> "$APPSDK_ROOT/log"; [ ! -e "$APPSDK_ROOT/sync-fails" ]',
+}
+
+SYSUPDATE_STUB = """#!/bin/bash
+echo "sysupdate $*" >> "$APPSDK_ROOT/log"
+echo "sysupdate says: $*"
+exit "$(cat "$APPSDK_ROOT/sysupdate-rc" 2>/dev/null || echo 0)"
+"""
+
+TRANSFER = """[Transfer]
+ProtectVersion=%A
+
+[Source]
+Type=url-file
+Path=http://old.example.com/
+MatchPattern=hello_@v.usr.xz
+
+[Target]
+Type=partition
+Path=auto
+"""
+
+
+class Device:
+    def __init__(self, tmp: Path) -> None:
+        self.root = tmp / "root"
+        self.bin = tmp / "bin"
+        for d in ("usr/lib/appsdk", "usr/bin", "usr/lib/systemd", "usr/lib/sysupdate.d",
+                  "var/lib/appsdk", "etc", "run", "efi/EFI/Linux", "dev/disk/by-partlabel"):
+            (self.root / d).mkdir(parents=True)
+        for script in SCRIPTS:
+            shutil.copy(script, self.root / "usr/lib/appsdk" / script.name)
+            (self.root / "usr/lib/appsdk" / script.name).chmod(0o755)
+        self.bin.mkdir()
+        for name, body in STUBS.items():
+            self.write_exe(self.bin / name, f"#!/bin/bash\n{body}\n")
+        self.write_exe(self.root / "usr/lib/systemd/systemd-sysupdate", SYSUPDATE_STUB)
+        self.os_release("1.0")
+        self.put("etc/machine-id", b"0123456789abcdef0123456789abcdef\n")
+        self.put("hostname.now", b"hello\n")
+        self.put("console", b"")
+
+    @staticmethod
+    def write_exe(path: Path, text: str) -> None:
+        path.write_text(text)
+        path.chmod(0o755)
+
+    def put(self, rel: str, data: bytes) -> Path:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+    def read(self, rel: str) -> str:
+        return (self.root / rel).read_text()
+
+    def os_release(self, version: str) -> None:
+        self.put("usr/lib/os-release", f"ID=debian\nIMAGE_ID=hello\nIMAGE_VERSION={version}\n"
+                 .encode())
+
+    def log(self) -> list[str]:
+        path = self.root / "log"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def env(self) -> dict[str, str]:
+        return {"PATH": f"{self.bin}:/usr/bin:/bin", "APPSDK_ROOT": str(self.root),
+                "APPSDK_CONSOLE": str(self.root / "console"), "LC_ALL": "C.UTF-8"}
+
+    def run(self, tool: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["bash", str(self.root / "usr/lib/appsdk" / tool), *args],
+                              env=self.env(), capture_output=True, timeout=30, check=False)
+
+
+@pytest.fixture()
+def dev(tmp_path: Path) -> Device:
+    return Device(tmp_path)
+
+
+def test_scripts_parse() -> None:
+    # shellcheck -x -P sdk/appsdk/data/device ... is clean too (not run here: ~2 s).
+    for script in SCRIPTS:
+        result = subprocess.run(["bash", "-n", str(script)], capture_output=True, check=False)
+        assert result.returncode == 0, (script.name, result.stderr)
+
+
+# --- appsdk-status -----------------------------------------------------------------------
+
+NASTY = [b'we"ird\\name', b"tab\there\x01\x1f", b"latin1 \xe9\xff", b"\xe2\x82 cut",
+         b"\xed\xa0\x80 surrogate", "ünïcødé 😀".encode(), b"$(x) `y` *"]
+
+
+def test_status_json_parses_for_nasty_names(dev: Device) -> None:
+    dev.put("hostname.now", NASTY[0] + b"\n")
+    dev.put("var/lib/appsdk/identity/serial", NASTY[2] + b"\n")
+    dev.put("var/lib/appsdk/failed-versions", NASTY[1] + b"\n2.0\n")
+    dev.put('dev/disk/by-partlabel/usr_1"0', b"")
+    dev.put("dev/disk/by-partlabel/usr_*", b"")
+    dev.put("units", b'appsdk-health-a\\x22b.service loaded failed failed x\n'
+            b"appsdk-health-web.service loaded active exited y\n")
+    result = dev.run("appsdk-status", "--json")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["hostname"] == NASTY[0].decode()
+    assert status["serial"] == NASTY[2].decode("utf-8", "replace")
+    assert status["failed"] == ["2.0", NASTY[1].decode()]
+    assert sorted(status["installed"]) == ["*", '1"0']
+    assert status["health"] == {"appsdk-health-a\\x22b.service": "failed",
+                                "appsdk-health-web.service": "active"}
+    assert status["running"] == "1.0" and status["blessed"] is True
+    assert status["tries_left"] is None
+
+
+def test_status_text_mode(dev: Device) -> None:
+    result = dev.run("appsdk-status")
+    assert result.returncode == 0, result.stderr
+    assert b"running:   1.0" in result.stdout and b"failed:    none" in result.stdout
+
+
+def json_strings(*values: bytes) -> list[str]:
+    lib = DEVICE / "appsdk-lib"
+    out = subprocess.run(
+        ["bash", "-c", f'. {lib}; for a; do json_string "$a"; echo; done', "_", *values],
+        capture_output=True, check=True, timeout=30, env={"LC_ALL": "C.UTF-8"}).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_json_string_escapes_and_replaces() -> None:
+    assert json_strings(*NASTY) == [v.decode("utf-8", "replace") for v in NASTY]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=24).filter(lambda b: b"\0" not in b),
+                min_size=1, max_size=20))
+def test_json_string_is_always_valid_json(values: list[bytes]) -> None:
+    # Valid UTF-8 comes back unchanged; anything else as Python's own "replace" decoding.
+    assert json_strings(*values) == [v.decode("utf-8", "replace") for v in values]
+
+
+# --- appsdk-rollback-check ---------------------------------------------------------------
+
+def test_rollback_check_matches_versions_exactly(dev: Device) -> None:
+    dev.os_release("0.9")
+    dev.put("var/lib/appsdk/failed-versions", b"100\n")
+    dev.put("efi/EFI/Linux/hello_1.0+0-3.efi", b"MZ")
+    result = dev.run("appsdk-rollback-check")
+    assert result.returncode == 0, result.stderr
+    assert dev.read("var/lib/appsdk/failed-versions").split() == ["100", "1.0"]
+    assert "rolled back from 1.0 to 0.9" in dev.read("console")
+    dev.run("appsdk-rollback-check")  # already recorded: not twice
+    assert dev.read("var/lib/appsdk/failed-versions").split() == ["100", "1.0"]
+
+
+# --- appsdk-identity ---------------------------------------------------------------------
+
+def identity(dev: Device, **values: bytes) -> subprocess.CompletedProcess[bytes]:
+    for name, data in values.items():
+        dev.put(f"var/lib/appsdk/identity/{'update-url' if name == 'update_url' else name}",
+                data)
+    return dev.run("appsdk-identity")
+
+
+def test_identity_url_with_ampersand_pipe_and_percent(dev: Device) -> None:
+    dev.put("usr/lib/sysupdate.d/50-usr.transfer", TRANSFER.encode())
+    result = identity(dev, update_url=b"https://u.example.com/a&b|c%20d\\/?x=1&y=2\n")
+    assert "ignoring" in result.stderr.decode()  # a backslash is no URL
+    assert not (dev.root / "etc/sysupdate.d/50-usr.transfer").exists()
+    result = identity(dev, update_url=b"https://u.example.com/a&b|c%20d/?x=1&y=2\n")
+    assert result.returncode == 0, result.stderr
+    text = dev.read("etc/sysupdate.d/50-usr.transfer")
+    # % doubled: sysupdate expands specifiers in Path=. Everything else as written.
+    assert "Path=https://u.example.com/a&b|c%%20d/?x=1&y=2/\n" in text
+    assert text.replace("Path=https://u.example.com/a&b|c%%20d/?x=1&y=2/",
+                        "Path=http://old.example.com/") == TRANSFER
+    assert "ProtectVersion=%A" in text and "Path=auto" in text
+
+
+@pytest.mark.parametrize("url", [b"ftp://x/", b"http://a b/", b"http://x/\x1b[2J",
+                                 b"http://x/\xc3\xa9", b"javascript:alert(1)", b"http://"])
+def test_identity_skips_a_bad_url(dev: Device, url: bytes) -> None:
+    dev.put("usr/lib/sysupdate.d/50-usr.transfer", TRANSFER.encode())
+    result = identity(dev, update_url=url + b"\n", hostname=b"dev-1\n")
+    assert result.returncode == 0, result.stderr
+    assert not (dev.root / "etc/sysupdate.d/50-usr.transfer").exists()
+    assert "ignoring" in dev.read("console")
+    assert dev.read("etc/hostname") == "dev-1\n"  # the good values still apply
+
+
+@pytest.mark.parametrize("name", [b"bad_host!", b"-x", b"a" * 64, b"a b", b"x\xff", b"\n"])
+def test_identity_skips_a_bad_hostname(dev: Device, name: bytes) -> None:
+    dev.put("etc/hostname", b"hello\n")
+    result = identity(dev, hostname=name + b"\n")
+    assert result.returncode == 0, result.stderr
+    assert dev.read("etc/hostname") == "hello\n"
+    assert not (dev.root / "hostname.set").exists()
+
+
+def test_identity_applies_good_values(dev: Device) -> None:
+    dev.put("var/lib/appsdk/identity/credentials/api-token", b"s3cret")
+    dev.put("var/lib/appsdk/identity/credentials/bad name", b"x")
+    (dev.root / "var/lib/appsdk/identity/credentials/link").symlink_to("/etc/passwd")
+    result = identity(dev, hostname=b"dev-A1\n", authorized_keys=b"ssh-ed25519 AAAA k\n")
+    assert result.returncode == 0, result.stderr
+    assert dev.read("etc/hostname") == "dev-A1\n" and dev.read("hostname.set") == "dev-A1\n"
+    assert dev.read("root/.ssh/authorized_keys") == "ssh-ed25519 AAAA k\n"
+    assert sorted(p.name for p in (dev.root / "run/credstore").iterdir()) == ["api-token"]
+    assert list((dev.root / "etc").glob("*.appsdk-new")) == []
+
+
+def test_identity_refuses_a_machine_id_not_from_var(dev: Device) -> None:
+    dev.put("var/lib/appsdk/machine-id", b"fedcba9876543210fedcba9876543210\n")
+    dev.put("var/lib/appsdk/identity/hostname", b"dev-1\n")
+    result = dev.run("appsdk-identity")
+    assert result.returncode == 1
+    assert "machine-id" in dev.read("console")
+    dev.put("var/lib/appsdk/machine-id", b"0123456789abcdef0123456789abcdef\n")
+    assert dev.run("appsdk-identity").returncode == 0
+
+
+# --- appsdk-esp and appsdk-update --------------------------------------------------------
+
+def update(dev: Device, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["bash", str(dev.root / "usr/lib/appsdk/appsdk-update"), *args],
+                          env=dev.env(), capture_output=True, timeout=30, check=False)
+
+
+def test_update_is_synced_before_it_reports_success(dev: Device) -> None:
+    dev.put("mounted", b"")
+    dev.put("efi/EFI/Linux/hello_2.0+3-0.efi", b"MZ")
+    result = update(dev, "--no-pager", "update")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"sysupdate says: --no-pager update\n"
+    esp = dev.root / "efi"
+    assert dev.log() == [
+        f"mount -o remount,rw,sync,dirsync {esp}",
+        "sysupdate --no-pager update",
+        "sync ", f"sync -f {esp}", f"sync -- {esp}/EFI/Linux/hello_2.0+3-0.efi",
+        f"mount -o remount,ro,async,nodirsync {esp}",
+    ]
+
+
+def test_update_passes_a_failure_through_and_still_makes_the_esp_read_only(
+        dev: Device) -> None:
+    dev.put("mounted", b"")
+    dev.put("sysupdate-rc", b"76")
+    assert update(dev, "update").returncode == 76
+    assert dev.log()[-1].startswith("mount -o remount,ro")
+
+
+def test_update_that_cannot_sync_is_not_a_success(dev: Device) -> None:
+    dev.put("mounted", b"")
+    dev.put("sync-fails", b"")
+    result = update(dev, "update")
+    assert result.returncode == 1
+    assert b"not durable" in result.stderr
+
+
+def test_update_list_leaves_the_esp_alone(dev: Device) -> None:
+    dev.put("mounted", b"")
+    assert update(dev, "--no-pager", "list").returncode == 0
+    assert dev.log() == ["sysupdate --no-pager list"]
+
+
+def test_update_refuses_without_a_mounted_esp(dev: Device) -> None:
+    result = update(dev, "update")
+    assert result.returncode == 1
+    assert "not mounted" in dev.read("console")
+    assert not any(line.startswith("sysupdate") for line in dev.log())
+
+
+def test_esp_stays_writable_while_another_writer_holds_it(dev: Device) -> None:
+    dev.put("mounted", b"")
+    assert dev.run("appsdk-esp", "rw", "systemd-sysupdate.service").returncode == 0
+    assert dev.run("appsdk-esp", "rw", "systemd-bless-boot.service").returncode == 0
+    assert dev.run("appsdk-esp", "ro", "systemd-bless-boot.service").returncode == 0
+    assert not any("remount,ro" in line for line in dev.log())
+    assert dev.run("appsdk-esp", "ro", "systemd-sysupdate.service").returncode == 0
+    assert dev.log()[-1].endswith(f"remount,ro,async,nodirsync {dev.root / 'efi'}")
+    assert dev.run("appsdk-esp", "ro", "systemd-sysupdate.service").returncode == 0
+    assert dev.run("appsdk-esp", "rw", "../x").returncode == 2
+
+
+# --- install_local_update ----------------------------------------------------------------
+
+class HostShell:
+    """Runs what install_local_update sends in bash, with the device paths in a fake root."""
+
+    patience = 1.0
+
+    def __init__(self, dev: Device) -> None:
+        self.dev = dev
+
+    def run(self, command: str, timeout: float = 60) -> tuple[int, str]:
+        root = self.dev.root
+        command = (command.replace("/usr/", f"{root}/usr/")
+                   .replace("/run/", f"{root}/run/"))
+        result = subprocess.run(["bash", "-c", command], env=self.dev.env(),
+                                capture_output=True, text=True, timeout=timeout, check=False)
+        return result.returncode, result.stdout + result.stderr
+
+
+def test_install_local_update_keeps_odd_directories_intact(dev: Device) -> None:
+    dev.put("mounted", b"")
+    dev.put("usr/lib/sysupdate.d/50-usr.transfer", TRANSFER.encode())
+    dev.put("usr/bin/appsdk-update", (DEVICE / "appsdk-update").read_bytes())
+    (dev.root / "usr/bin/appsdk-update").chmod(0o755)
+    out = install_local_update(HostShell(dev), "/mnt/a&b|c %d's")  # type: ignore[arg-type]
+    defs = dev.root / "run/appsdk-local-update.d"
+    assert f"--definitions={defs} update" in out
+    text = (defs / "50-usr.transfer").read_text()
+    assert "Path=file:///mnt/a&b|c %%d's/\n" in text
+    assert dev.log()[0].startswith("mount -o remount,rw")
+    assert dev.log()[-1].startswith("mount -o remount,ro")
+
