@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .datadirs import data_dir
 from .errors import ConfigError
-from .fields import Reader
+from .fields import BOARD_PATTERN, Reader, board_name
 from .yamlsrc import load
 
 FIRMWARE_CHAINS = ("uefi", "rpi+uboot", "rpi+edk2")
@@ -100,12 +100,15 @@ def list_boards(directory: Path | None = None) -> list[Board]:
     return [load_board_file(p) for p in sorted(directory.glob("*.yaml"))]
 
 
-def load_board(name: str, directory: Path | None = None) -> Board:
+def load_board(name: str, directory: Path | None = None, field: str = "board") -> Board:
+    """The profile boards/NAME.yaml. A name is a name, never a path (errors name `field`,
+    e.g. "--board")."""
+    name = board_name(name, field)
     directory = directory or boards_dir()
     path = directory / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(p.stem for p in sorted(directory.glob("*.yaml")))
-        raise ConfigError(f"unknown board {name!r}", field="board", hint=f"known boards: {known}")
+        raise ConfigError(f"unknown board {name!r}", field=field, hint=f"known boards: {known}")
     return load_board_file(path)
 
 
@@ -118,7 +121,7 @@ def _per_chain_files(top: Reader,
     out = {}
     chains = _chains(top, "esp_files", options)
     for chain in chains.data:
-        files = chains.sub(chain, set(chains.raw(chain) or {}))
+        files = chains.sub(chain, None)
         pairs = []
         for dest in sorted(files.data):
             source = files.text(dest, pattern=r"(dtb|[a-z0-9][a-z0-9.+-]*):[\w./+-]+",
@@ -142,7 +145,7 @@ def load_board_file(path: Path) -> Board:
         "initrd_modules", "console", "watchdog", "esp_files", "config_txt", "disk_devices",
         "emulators", "complete",
     })
-    name = top.text("name", pattern=r"[a-z0-9][a-z0-9-]*", what="a board name")
+    name = top.text("name", pattern=BOARD_PATTERN, what="a board name")
     if name != path.stem:
         raise src.error(("name",), f"must match the file name ({path.stem!r})")
     arch = top.text("arch")
@@ -164,7 +167,7 @@ def load_board_file(path: Path) -> Board:
 
     emulators = []
     if top.has("emulators"):
-        all_em = top.sub("emulators", set(top.raw("emulators") or {}))
+        all_em = top.sub("emulators", None)
         for em_name in all_em.data:
             em = all_em.sub(em_name, {"qemu", "machine", "cpu", "memory_mib", "firmware_code",
                                       "firmware_vars", "bios", "watchdog", "extra_args",

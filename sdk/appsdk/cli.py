@@ -7,21 +7,122 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
-from .errors import AppsdkError
+from .errors import (
+    AppsdkError,
+    InternalError,
+    Interrupted,
+    OutputClosed,
+    PathError,
+    ProvisionFailed,
+    ToolMissing,
+    UsageError,
+)
 from .progress import JsonReporter, Reporter, TextReporter
 from .units import parse_size
 
 
+class _Parser(argparse.ArgumentParser):
+    """Raises UsageError instead of exiting, so main renders a bad command line like any
+    other error (as JSON under --json). Subparsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        flag = re.match(r"argument ([^:]+): ", message)
+        raise UsageError(message, usage=self.format_usage(), flag=flag.group(1) if flag else None,
+                         hint=f"see `{self.prog} --help`")
+
+
+# Values argparse checks before any command runs. Each raises ArgumentTypeError with a
+# message argparse prefixes with the flag ("argument --baud: ...").
+def _int_in(text: str, what: str, low: int, high: int | None = None) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ({what})") from None
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise argparse.ArgumentTypeError(f"{text!r}: must be {bounds} ({what})")
+    return value
+
+
+def _port(text: str) -> int:
+    return _int_in(text, "a TCP port", 1, 65535)
+
+
+def _count(text: str) -> int:
+    return _int_in(text, "a count, 0 for no limit", 0)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds must be 0 or more")
+    return value
+
+
+# termios rates Linux serial drivers accept (pyserial refuses others on many adapters).
+BAUD_RATES = (50, 75, 110, 134, 150, 200, 300, 600, 1200, 1800, 2400, 4800, 9600, 19200,
+              38400, 57600, 115200, 230400, 460800, 500000, 576000, 921600, 1000000, 1152000,
+              1500000, 2000000, 2500000, 3000000, 3500000, 4000000)
+
+
+def _baud(text: str) -> int:
+    value = _int_in(text, "a baud rate", 1)
+    if value not in BAUD_RATES:
+        raise argparse.ArgumentTypeError(
+            f"{value} is not a standard baud rate (e.g. 9600, 115200, 921600, 1500000)")
+    return value
+
+
+def _forward(text: str) -> tuple[int, int]:
+    host, sep, guest = text.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r}: use HOST:GUEST, two TCP ports (8080:80)")
+    return _port(host), _port(guest)
+
+
+def _size(text: str) -> int:
+    try:
+        value = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the size must be more than 0")
+    return value
+
+
+def _existing(text: str) -> Path:
+    if not os.path.lexists(text):
+        raise argparse.ArgumentTypeError(f"{text}: no such file or directory")
+    return Path(text)
+
+
+def _new_dir(text: str) -> Path:
+    """A directory, or a path where one can be made: no existing part of it is a file."""
+    path = Path(text)
+    for part in (path, *path.parents):
+        if os.path.lexists(part):
+            if not part.is_dir():
+                where = f"{text} exists and" if part == path else f"{text}: {part}"
+                raise argparse.ArgumentTypeError(f"{where} is not a directory")
+            break
+    return path
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="appsdk",
         description="Build, flash, provision and update immutable appliances "
         "(Raspberry Pi 4/5, x86 UEFI).",
@@ -31,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", help="create a new appliance directory")
-    p.add_argument("directory", type=Path)
+    p.add_argument("directory", type=_new_dir)
     p.add_argument("--id", help="appliance id (default: the directory name)")
     p.add_argument("--board", default="x86-uefi")
 
@@ -53,7 +154,8 @@ def _parser() -> argparse.ArgumentParser:
                    "`appsdk boards`)")
     p.add_argument("--version", dest="app_version", metavar="V",
                    help="override the version in appliance.yaml")
-    p.add_argument("--output", "-o", type=Path, help="output directory (default: DIR/build/BOARD)")
+    p.add_argument("--output", "-o", type=_new_dir,
+                   help="output directory (default: DIR/build/BOARD)")
     p.add_argument("--keys", type=Path, metavar="DIR",
                    help="update-signing key directory (default: update.key in appliance.yaml, "
                    "else ~/.config/appsdk/keys/ID)")
@@ -68,15 +170,15 @@ def _parser() -> argparse.ArgumentParser:
                             "devices only get the public key.")
     k.add_argument("directory", type=Path, nargs="?", default=Path("."),
                    help="appliance directory (for its id and update.key)")
-    k.add_argument("--keys", type=Path, metavar="DIR", help="where to create the key")
+    k.add_argument("--keys", type=_new_dir, metavar="DIR", help="where to create the key")
     k.add_argument("--json", action="store_true")
 
     p = sub.add_parser("release", help="assemble a signed update directory from builds",
                        description="Copy the update artifacts of one or more builds into OUT "
                        "(several versions side by side) and sign one SHA256SUMS over all.")
-    p.add_argument("out", type=Path)
-    p.add_argument("builds", type=Path, nargs="+", metavar="BUILD_DIR")
-    p.add_argument("--keys", type=Path, metavar="DIR", help="signing key directory")
+    p.add_argument("out", type=_new_dir)
+    p.add_argument("builds", type=_existing, nargs="+", metavar="BUILD_DIR")
+    p.add_argument("--keys", type=_existing, metavar="DIR", help="signing key directory")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("serve", help="serve an update directory over HTTP (labs, tests)",
@@ -85,6 +187,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("directory", type=Path)
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--list", action="store_true",
+                   help="list directories that have no index.html (default: 404)")
 
     p = sub.add_parser("devices", help="list disks that could be flashed, and why not",
                        description="Disks found through udev/sysfs with their identity, size, "
@@ -98,10 +202,12 @@ def _parser() -> argparse.ArgumentParser:
                        "them back from the device behind the writer, comparing checksums. "
                        "Refuses system, mounted, read-only and too-small disks, and images "
                        "built for another board. Asks for confirmation unless --yes.",
-                       epilog="exit status: 0 written and verified; 7 refused (nothing "
+                       epilog="exit status: 0 written and verified; 2 the image, bmap or "
+                       "build.json is bad (nothing written); 7 refused (nothing "
                        "written); 8 verification failed; 11 the device failed a write or "
-                       "read. A flash that does not finish leaves no valid partition table.")
-    p.add_argument("source", type=Path, metavar="IMAGE|BUILD_DIR")
+                       "read (all codes: docs/cli.md). A flash that does not finish leaves no "
+                       "valid partition table.")
+    p.add_argument("source", type=_existing, metavar="IMAGE|BUILD_DIR")
     p.add_argument("device", metavar="DEVICE", help="whole-disk block device, e.g. /dev/sdb")
     p.add_argument("--board", help="the board this card is for; refuses images built for "
                    "another board")
@@ -114,7 +220,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check a flashed disk against an image's bmap",
                        description="Read every mapped range of the image back from DEVICE "
                        "(bypassing the page cache) and compare with the bmap checksums.")
-    p.add_argument("source", type=Path, metavar="IMAGE|BUILD_DIR")
+    p.add_argument("source", type=_existing, metavar="IMAGE|BUILD_DIR")
     p.add_argument("device", metavar="DEVICE")
     p.add_argument("--json", action="store_true")
 
@@ -124,17 +230,17 @@ def _parser() -> argparse.ArgumentParser:
                         description="Wait for USB mass-storage disks (card readers, USB "
                         "sticks, CM4/CM5 eMMC exposed by rpiboot) to appear, flash and verify "
                         "each, and print one report line per device.")
-    u.add_argument("source", type=Path, metavar="IMAGE|BUILD_DIR")
+    u.add_argument("source", type=_existing, metavar="IMAGE|BUILD_DIR")
     u.add_argument("--wait", action="store_true", required=True,
                    help="wait for disks to be plugged in (disks present at start are ignored)")
-    u.add_argument("--count", type=int, default=0, help="stop after N devices (default: never)")
+    u.add_argument("--count", type=_count, default=0, help="stop after N devices (default: never)")
     u.add_argument("--board", help="refuse images built for another board")
-    u.add_argument("--timeout", type=float, default=0,
+    u.add_argument("--timeout", type=_seconds, default=0,
                    help="give up after this many seconds without a new disk (default: never)")
     u.add_argument("--rpiboot", action="store_true",
                    help="run the external rpiboot for each CM4/CM5 in USB boot mode, so its "
                    "eMMC appears as a USB disk (install usbboot's rpiboot first)")
-    u.add_argument("--rpiboot-dir", type=Path, metavar="DIR",
+    u.add_argument("--rpiboot-dir", type=_existing, metavar="DIR",
                    help="firmware directory for rpiboot -d, e.g. usbboot/mass-storage-gadget64 "
                    "(needed for CM5)")
     u.add_argument("--json", action="store_true", help="reports as JSON lines")
@@ -146,21 +252,21 @@ def _parser() -> argparse.ArgumentParser:
         "(chunked, checksummed, retried, renamed atomically), optionally install an update "
         "from pushed files, and print the device's status.")
     sp.add_argument("port", help="/dev/ttyUSB0, socket://HOST:PORT, rfc2217://HOST:PORT, ...")
-    sp.add_argument("plan", type=Path, nargs="?", help="provisioning plan (YAML)")
+    sp.add_argument("plan", type=_existing, nargs="?", help="provisioning plan (YAML)")
     sp.add_argument("--device", metavar="SERIAL", help="which device of the plan this is")
-    sp.add_argument("--baud", type=int, default=115200)
+    sp.add_argument("--baud", type=_baud, default=115200)
     sp.add_argument("--user", help="login user (default: root, or the plan's)")
     sp.add_argument("--password", help="login password (or the plan's login.password)")
     sp.add_argument("--hostname")
     sp.add_argument("--serial", help="serial number to record (default: --device)")
     sp.add_argument("--update-url", metavar="URL", help="this device's update server")
-    sp.add_argument("--authorized-key", action="append", default=[], type=Path,
+    sp.add_argument("--authorized-key", action="append", default=[], type=_existing,
                     metavar="FILE", help="ssh public key for root (repeatable)")
     sp.add_argument("--credential", action="append", default=[], metavar="NAME=FILE",
                     help="a credential for services (LoadCredential=NAME; repeatable)")
     sp.add_argument("--file", action="append", default=[], metavar="SRC:DEST[:MODE]",
                     help="push a file (repeatable)")
-    sp.add_argument("--update", type=Path, metavar="DIR",
+    sp.add_argument("--update", type=_existing, metavar="DIR",
                     help="install the update in DIR (build or release) from pushed files")
     sp.add_argument("--status", action="store_true",
                     help="only log in and print the device's status")
@@ -178,7 +284,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true")
     f = fw.add_parser("fetch", help="download (or copy), verify and unpack")
     f.add_argument("names", nargs="*", metavar="COMPONENT", help="default: all")
-    f.add_argument("--offline", type=Path, metavar="DIR",
+    f.add_argument("--offline", type=_existing, metavar="DIR",
                    help="take the .deb/.zip files from DIR instead of the network")
     f.add_argument("--mirror", metavar="URL", help="Debian mirror (default: deb.debian.org)")
     f.add_argument("--json", action="store_true")
@@ -186,23 +292,24 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="what an image or build contains",
                        description="Partitions, ESP files, board, image id and version, and "
                        "the UKI's kernel command line of a build directory or disk image.")
-    p.add_argument("target", type=Path, metavar="IMAGE|BUILD_DIR")
+    p.add_argument("target", type=_existing, metavar="IMAGE|BUILD_DIR")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("run", help="boot an image in QEMU",
                        description="Boot a built image in QEMU (KVM if it works, else TCG). "
                        "The image is not modified: writes go to a snapshot unless --disk or "
                        "--in-place is given.")
-    p.add_argument("target", type=Path, help="build directory or .img file")
+    p.add_argument("target", type=_existing, help="build directory or .img file")
     p.add_argument("--board", help="board profile (default: from build.json)")
     p.add_argument("--emulator", metavar="NAME",
                    help="one of the board's emulator profiles, e.g. virt-uboot or virt-edk2 "
                    "for rpi4 (default: the board's first; `appsdk boards --json` lists them)")
     p.add_argument("--disk", type=Path, help="persistent working copy of the image (made once)")
-    p.add_argument("--disk-size", help="grow the working copy to this size, e.g. 6G")
+    p.add_argument("--disk-size", type=_size,
+                   help="grow the working copy to this size, e.g. 6G")
     p.add_argument("--in-place", action="store_true", help="boot and modify the image itself")
-    p.add_argument("--serial-port", type=int, help="serial console on 127.0.0.1:PORT, not stdio")
-    p.add_argument("--forward", action="append", default=[], metavar="HOST:GUEST",
+    p.add_argument("--serial-port", type=_port, help="serial console on 127.0.0.1:PORT, not stdio")
+    p.add_argument("--forward", action="append", default=[], metavar="HOST:GUEST", type=_forward,
                    help="forward a TCP port from 127.0.0.1:HOST to the guest")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                    help="auto: KVM if the board's own firmware, booted under it once, writes "
@@ -214,19 +321,76 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Known before parsing, so that a bad command line is reported as JSON too.
+    as_json = "--json" in argv
+    try:
+        args = _parser().parse_args(argv)
+    except UsageError as exc:
+        print(exc.usage, end="", file=sys.stderr)
+        return _fail(exc, as_json)
+    as_json = bool(getattr(args, "json", False))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(name)s: %(message)s")
     try:
         return int(COMMANDS[args.command](args))
     except AppsdkError as exc:
-        print(f"appsdk: error: {exc}", file=sys.stderr)
-        if exc.hint:
-            print(f"appsdk: hint: {exc.hint}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(exc, as_json)
     except KeyboardInterrupt:
-        print("appsdk: interrupted", file=sys.stderr)
-        return 130
+        return _fail(Interrupted("interrupted"), as_json)
+    except BrokenPipeError:
+        return _output_closed()
+    except OSError as exc:
+        # A path the user gave that cannot be read or written, caught nowhere closer.
+        if exc.filename is None:
+            return _fail(_internal(exc), as_json)
+        return _fail(PathError.from_oserror(exc), as_json)
+    except Exception as exc:  # the last-resort net: a bug, reported as one
+        return _fail(_internal(exc), as_json)
+
+
+def _output_closed() -> int:
+    """The reader of stdout went away (`appsdk devices --json | head -1`): stop quietly, and
+    point stdout at /dev/null so that the interpreter's last flush cannot fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return OutputClosed.exit_code
+
+
+def _fail(exc: AppsdkError, as_json: bool) -> int:
+    """Report an error: text on stderr always; under --json also one object on stdout."""
+    kind = "internal error" if isinstance(exc, InternalError) else "error"
+    print(f"appsdk: {kind}: {exc}", file=sys.stderr)
+    if exc.hint:
+        print(f"appsdk: hint: {exc.hint}", file=sys.stderr)
+    if as_json:
+        print(json.dumps(exc.as_dict(), sort_keys=True, default=str), flush=True)
+    return exc.exit_code
+
+
+def _internal(exc: BaseException) -> InternalError:
+    return InternalError(f"{type(exc).__name__}: {exc}", _save_traceback(exc))
+
+
+def _save_traceback(exc: BaseException) -> str | None:
+    """Write the traceback to a file (the cache, else $TMPDIR) and return its path."""
+    import tempfile
+    import traceback
+
+    from .cache import cache_root
+
+    text = "".join(traceback.format_exception(exc))
+    for directory in (cache_root() / "tracebacks", Path(tempfile.gettempdir())):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix="appsdk-traceback-", suffix=".txt",
+                                        dir=directory)
+            with os.fdopen(fd, "w") as out:
+                out.write(text)
+            return name
+        except OSError:
+            continue
+    return None
 
 
 def _reporter(args: argparse.Namespace) -> Reporter:
@@ -270,7 +434,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     else:
         for c in checks:
             print(f"{'ok ' if c.ok else 'MISSING'} {c.name:<20} {c.where}  ({c.note})")
-    return 0 if all(c.ok for c in checks) else 1
+    return 0 if all(c.ok for c in checks) else ToolMissing.exit_code
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -344,8 +508,10 @@ def cmd_release(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import make_server
 
-    server = make_server(args.directory, args.port, args.host, verbose=True)
-    print(f"serving {args.directory} on http://{args.host}:{args.port}/ (Ctrl-C stops)",
+    server = make_server(args.directory, args.port, args.host, verbose=True,
+                         list_directories=args.list)
+    port = server.server_address[1]  # the real one when --port 0 let the kernel choose
+    print(f"serving {args.directory} on http://{args.host}:{port}/ (Ctrl-C stops)",
           file=sys.stderr)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
@@ -358,6 +524,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .foreign import needs_emulation
     from .qemu import (
         VmSpec,
+        check_ports,
         firmware_vars,
         kvm_works,
         prepare_disk,
@@ -367,16 +534,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     image, record = locate_image(args.target)
     board = load_board(args.board or (record["board"]["name"] if record else "x86-uefi"))
-    size = parse_size(args.disk_size) if args.disk_size else None
-    disk = prepare_disk(image, args.disk, size)
+    if not args.print_only:
+        check_ports(args.serial_port, args.forward)
+    disk = prepare_disk(image, args.disk, args.disk_size)
     accel = args.accel
     if accel == "auto":
         # KVM only runs guests of the host's own architecture.
         accel = ("kvm" if not needs_emulation(board.debian_arch)
                  and kvm_works(board, args.emulator) else "tcg")
-    forward = tuple(tuple(int(x) for x in f.split(":", 1)) for f in args.forward)
     spec = VmSpec(board=board, disk=disk, snapshot=not (args.in_place or args.disk),
-                  serial_port=args.serial_port, forward=forward,  # type: ignore[arg-type]
+                  serial_port=args.serial_port, forward=tuple(args.forward),
                   accel=accel, emulator=args.emulator,
                   vars_file=firmware_vars(board, scratch_dir(), args.emulator))
     argv = qemu_argv(spec)
@@ -427,7 +594,10 @@ def _ask(dev: Any) -> bool:
         print("appsdk: stdin is not a terminal; pass --yes to flash without asking",
               file=sys.stderr)
         return False
-    answer = input(f"Type 'yes' to write to {dev.path}: ")
+    try:
+        answer = input(f"Type 'yes' to write to {dev.path}: ")
+    except EOFError:  # Ctrl-D is a no
+        return False
     return answer.strip().lower() == "yes"
 
 
@@ -468,34 +638,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _serial_plan(args: argparse.Namespace) -> Any:
-    from dataclasses import replace
+    # The library checks each flag with the validator of the plan field it overrides.
+    from .provision_serial import apply_overrides, select_device
 
-    from .errors import ConfigError
-    from .provision_serial import DevicePlan, FileSpec, load_plan
-
-    plan = load_plan(args.plan).device(args.device) if args.plan else DevicePlan(
-        serial=args.device or "")
-    files = list(plan.files)
-    for spec in args.file:
-        parts = spec.split(":")
-        if len(parts) not in (2, 3) or not parts[1].startswith("/"):
-            raise ConfigError(f"--file {spec}: use SRC:/ABSOLUTE/DEST[:MODE]")
-        src = Path(parts[0])
-        if not src.is_file():
-            raise ConfigError(f"--file {spec}: {src} not found")
-        files.append(FileSpec(src, parts[1], int(parts[2], 8) if len(parts) == 3 else 0o644))
-    creds = dict(plan.credentials)
-    for spec in args.credential:
-        name, _, path = spec.partition("=")
-        if not name or not Path(path).is_file():
-            raise ConfigError(f"--credential {spec}: use NAME=FILE with an existing file")
-        creds[name] = Path(path)
-    return replace(
-        plan, hostname=args.hostname or plan.hostname, serial=args.serial or plan.serial,
-        update_url=args.update_url or plan.update_url, files=tuple(files),
-        authorized_keys=plan.authorized_keys + tuple(args.authorized_key),
-        credentials=tuple(sorted(creds.items())), user=args.user or plan.user,
-        password=args.password if args.password is not None else plan.password)
+    return apply_overrides(
+        select_device(args.plan, args.device), hostname=args.hostname, serial=args.serial,
+        update_url=args.update_url, files=args.file, credentials=args.credential,
+        authorized_keys=args.authorized_key, user=args.user, password=args.password)
 
 
 def cmd_provision_serial(args: argparse.Namespace) -> int:
@@ -528,7 +677,7 @@ def cmd_provision_serial(args: argparse.Namespace) -> int:
     else:
         print(f"FAILED on {report.port} after {report.seconds:.0f}s: {report.error}",
               file=sys.stderr)
-    return 0 if report.ok else 9
+    return 0 if report.ok else ProvisionFailed.exit_code
 
 
 def cmd_firmware(args: argparse.Namespace) -> int:
@@ -594,7 +743,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
                             on_report=lambda r: print(
                                 json.dumps(r.as_dict(), sort_keys=True) if args.json
                                 else r.line(), flush=True))
-    return 0 if reports and all(r.ok for r in reports) else 1
+    return 0 if reports and all(r.ok for r in reports) else ProvisionFailed.exit_code
 
 
 COMMANDS = {

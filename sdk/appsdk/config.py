@@ -5,19 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import fields
 from .errors import ConfigError
-from .fields import Reader
+from .fields import SIZE_LIMITS, Reader
 from .units import MiB
 from .yamlsrc import load
 
 SCHEMA_VERSION = 1
 FILENAME = "appliance.yaml"
 
-# An id ends up in file names (<id>_<ver>.efi) and sysupdate patterns, where "_" separates
-# id and version; keep it to lowercase words.
-ID_PATTERN = r"[a-z0-9][a-z0-9-]{0,30}"
-# UAPI version format, minus "_" (field separator) and "+" (boot counting suffix in UKI names).
-VERSION_PATTERN = r"[A-Za-z0-9][A-Za-z0-9.~^-]{0,27}"
+# The id and version rules live with their validators (fields); scaffold and buildinfo
+# read them from here.
+ID_PATTERN = fields.ID_PATTERN
+VERSION_PATTERN = fields.VERSION_PATTERN
 PACKAGE_PATTERN = r"[a-z0-9][a-z0-9+.-]+(?:/[a-z0-9-]+)?"
 SUITE_PATTERN = r"[a-z][a-z0-9-]*"
 
@@ -89,17 +89,11 @@ class Appliance:
     firmware: str | None = None  # the board's firmware chain; None: the board's default
     source: Path | None = None
 
-    def with_version(self, version: str) -> Appliance:
+    def with_version(self, version: str, flag: str = "--version") -> Appliance:
+        """This appliance with another version (an override; errors name `flag`)."""
         import dataclasses
-        import re
 
-        if not re.fullmatch(VERSION_PATTERN, version):
-            raise ConfigError(
-                f"version {version!r} is not a valid version",
-                field="--version",
-                hint="use letters, digits and . ~ ^ - (no '_' or '+')",
-            )
-        return dataclasses.replace(self, version=version)
+        return dataclasses.replace(self, version=fields.version(version, flag))
 
 
 def find_config(path: Path) -> Path:
@@ -119,9 +113,7 @@ def load_appliance(path: Path) -> Appliance:
     distribution = base.text("distribution", "debian")
     if distribution != "debian":
         raise src.error(("base", "distribution"), f"{distribution!r} is not supported (debian)")
-    mirror = base.text("mirror", BaseOS.mirror)
-    if not mirror.startswith(("http://", "https://", "file:/")):
-        raise src.error(("base", "mirror"), "must be an http(s):// or file:/ URL")
+    mirror = base.check("mirror", fields.mirror_url, BaseOS.mirror)
 
     overlay: Path | None = None
     if top.has("overlay"):
@@ -133,35 +125,28 @@ def load_appliance(path: Path) -> Appliance:
     kernel = top.sub("kernel", {"cmdline", "modules_exclude"})
     parts = top.sub("partitions", {"esp", "usr", "var_min"})
     partitions = Partitions(
-        esp=parts.size("esp", Partitions.esp),
-        usr=parts.size("usr", Partitions.usr),
-        var_min=parts.size("var_min", Partitions.var_min),
+        esp=parts.size("esp", Partitions.esp, SIZE_LIMITS["esp"]),
+        usr=parts.size("usr", Partitions.usr, SIZE_LIMITS["usr"]),
+        var_min=parts.size("var_min", Partitions.var_min, SIZE_LIMITS["var_min"]),
     )
-    for key, value, minimum in (("esp", partitions.esp, 64), ("usr", partitions.usr, 64),
-                                ("var_min", partitions.var_min, 64)):
-        if value < minimum * MiB or value % MiB:
-            raise src.error(("partitions", key), f"must be a whole number of MiB >= {minimum}M")
 
     console = top.sub("console", {"autologin"})
-    raw_version = top.raw("version")
-    if raw_version is not None and not isinstance(raw_version, str):
-        # YAML reads 1.10 as 1.1 and 1_0 as 10: an unquoted version silently changes.
-        raise src.error(("version",), f"must be a quoted string (YAML read it as {raw_version!r})",
-                        hint='write it in quotes, e.g. version: "1.10"')
-
+    # yamlsrc keeps an unquoted 1.10 as the text "1.10" (YAML 1.1 would read 1.1).
+    app_id = top.check("id", fields.app_id)
     return Appliance(
-        id=top.text("id", pattern=ID_PATTERN, what="a valid id (lowercase letters, digits, '-')"),
-        version=top.text("version", pattern=VERSION_PATTERN,
-                        what="a valid version (letters, digits, . ~ ^ -; no '_' or '+')"),
-        name=top.text("name", "") or top.text("id"),
-        board=top.text("board", "x86-uefi"),
+        id=app_id,
+        version=top.check("version", fields.version),
+        name=top.check("name", fields.display_name, app_id),
+        board=top.check("board", fields.board_name, "x86-uefi"),
         firmware=top.text("firmware", pattern=r"[a-z0-9]+(\+[a-z0-9]+)?",
                           what="a firmware chain, e.g. rpi+uboot")
         if top.has("firmware") else None,
         base=BaseOS(
             suite=base.text("suite", BaseOS.suite, pattern=SUITE_PATTERN, what="a Debian suite"),
             mirror=mirror,
-            components=base.texts("components") or BaseOS.components,
+            components=base.texts("components", pattern=r"[a-z0-9][a-z0-9-]*",
+                                  what="an archive component (main, contrib, ...)")
+            or BaseOS.components,
             packages=base.texts("packages", pattern=PACKAGE_PATTERN, what="a package name"),
         ),
         overlay=overlay,
@@ -173,15 +158,33 @@ def load_appliance(path: Path) -> Appliance:
         services=top.texts("services", pattern=r"[A-Za-z0-9@_.:-]+\.(service|socket|timer|path)",
                               what="a unit name (name.service, .socket, .timer, .path)"),
         health=_health(top),
-        update=_update(top),
+        update=_update(top, overlay),
         boot=_boot(top),
         source=file.resolve(),
     )
 
 
 def _check_overlay(error: object, overlay: Path) -> None:
-    # / is a tmpfs and /var is per device: only /usr and /etc (kept as factory /etc) are imaged.
-    for entry in sorted(overlay.iterdir()):
+    """Refuse overlay entries that would be lost or would pull build-host files into the
+    image: a top (usr/, etc/) that is a symlink, device nodes, fifos, sockets, hard links to
+    files outside the overlay (their other names may be host secrets; we cannot see where),
+    unreadable entries. Symlinks below the tops are image paths, copied as links.
+    customize checks again while it copies: the tree can change in between."""
+    import os
+    import stat
+
+    def refuse(path: Path | str, why: str, hint: str) -> ConfigError:
+        return ConfigError(f"overlay entry {why}", file=str(path), hint=hint)
+
+    unreadable = "make it readable by the user running appsdk, or remove it"
+    try:
+        tops = sorted(overlay.iterdir())
+    except OSError as exc:
+        raise refuse(overlay, f"cannot be read: {exc.strerror}", unreadable) from None
+    stack: list[tuple[str, int]] = []
+    for entry in tops:
+        # / is a tmpfs and /var is per device: only /usr and /etc (kept as factory /etc) are
+        # imaged.
         if entry.name not in ("usr", "etc"):
             raise ConfigError(
                 f"overlay entry {entry.name!r} would be lost: only usr/ and etc/ are part of "
@@ -189,6 +192,41 @@ def _check_overlay(error: object, overlay: Path) -> None:
                 file=str(entry),
                 hint="move it under usr/ (e.g. usr/lib/<id>/) or etc/",
             )
+        if entry.is_symlink():
+            raise refuse(entry, "is a symlink: the image would get what it points to on the "
+                         "build host", f"make {entry.name}/ a real directory in the overlay")
+        if not entry.is_dir():
+            raise refuse(entry, "is not a directory", f"make {entry.name}/ a directory")
+        stack.append((str(entry), 1))
+    names: dict[tuple[int, int], int] = {}  # inode -> names seen in the overlay
+    linked: dict[tuple[int, int], tuple[int, str]] = {}  # inode -> (link count, a name)
+    while stack:
+        directory, depth = stack.pop()
+        if depth > 64:
+            raise refuse(directory, "is nested too deep (more than 64 levels)",
+                         "flatten the overlay")
+        try:
+            with os.scandir(directory) as scan:
+                entries = [(e.path, e.stat(follow_symlinks=False)) for e in scan]
+        except OSError as exc:
+            raise refuse(directory, f"cannot be read: {exc.strerror}", unreadable) from None
+        for path, st in entries:
+            if stat.S_ISDIR(st.st_mode):
+                stack.append((path, depth + 1))
+            elif stat.S_ISREG(st.st_mode):
+                if not os.access(path, os.R_OK):
+                    raise refuse(path, "is not readable", unreadable)
+                if st.st_nlink > 1:
+                    inode = (st.st_dev, st.st_ino)
+                    names[inode] = names.get(inode, 0) + 1
+                    linked[inode] = (st.st_nlink, path)
+            elif not stat.S_ISLNK(st.st_mode):
+                raise refuse(path, "is a device node, fifo or socket: an image holds only "
+                             "files, directories and symlinks", "remove it from the overlay")
+    for inode, (nlink, path) in linked.items():
+        if names[inode] < nlink:
+            raise refuse(path, "is a hard link to a file outside the overlay",
+                         "copy the file into the overlay instead of linking it")
 
 
 def _health(top: Reader) -> tuple[HealthCheck, ...]:
@@ -197,20 +235,25 @@ def _health(top: Reader) -> tuple[HealthCheck, ...]:
         return ()
     if not isinstance(raw, list):
         raise top.src.error(("health",), "must be a list of checks")
-    checks = []
+    checks: list[HealthCheck] = []
     for index, _ in enumerate(raw):
         item = Reader(top.src, ("health", index), raw[index],
                       {"name", "command", "unit", "url", "timeout"})
         kinds = [k for k in ("command", "unit", "url") if item.has(k)]
         if len(kinds) != 1:
             raise top.src.error(("health", index), "needs exactly one of command, unit, url")
+        name = item.check("name", fields.check_name, f"check{index}")
+        # The name makes the unit appsdk-health-NAME.service: two checks, one unit.
+        for other, check in enumerate(checks):
+            if check.name == name:
+                raise top.src.error((*item.path, "name"), f"{name!r} is also the name of "
+                                    f"health[{other}]", hint="give each check its own name")
         checks.append(HealthCheck(
-            name=item.text("name", f"check{index}", pattern=r"[a-z0-9][a-z0-9-]*",
-                          what="a valid name (lowercase letters, digits, '-')"),
-            command=item.text("command") if item.has("command") else None,
-            unit=item.text("unit") if item.has("unit") else None,
-            url=item.text("url", pattern=r"https?://\S+", what="an http(s) URL")
-            if item.has("url") else None,
+            name=name,
+            command=item.check("command", fields.health_command) if item.has("command")
+            else None,
+            unit=item.check("unit", fields.unit_name) if item.has("unit") else None,
+            url=item.check("url", fields.health_url) if item.has("url") else None,
             timeout=item.integer("timeout", 30, minimum=1),
         ))
     return tuple(checks)
@@ -225,14 +268,14 @@ def _boot(top: Reader) -> Boot:
                 tries=boot.integer("tries", Boot.tries, minimum=1, maximum=9))
 
 
-def _update(top: Reader) -> Update:
+def _update(top: Reader, overlay: Path | None) -> Update:
     update = top.sub("update", {"url", "automatic", "key"})
     key = None
     if update.has("key"):
-        key = (top.src.path.parent / Path(update.text("key")).expanduser()).resolve()
+        key = update.check("key", lambda value, name: fields.key_dir(
+            value, name, base=top.src.path.parent, overlay=overlay))
     return Update(
-        url=update.text("url", pattern=r"https?://\S+", what="an http(s) URL")
-        if update.has("url") else None,
+        url=update.check("url", fields.update_url) if update.has("url") else None,
         automatic=update.flag("automatic", False),
         key=key,
     )

@@ -70,7 +70,7 @@ def load_manifest(path: Path) -> Manifest:
             if top.has("debian") else None)
     url = (top.text("url", pattern=r"https?://\S+\.zip", what="an http(s) URL of a .zip")
            if top.has("url") else None)
-    files = top.sub("files", set(top.raw("files") or {}))
+    files = top.sub("files", None)
     if not files.data:
         raise src.error(("files",), "must name at least one file to take from the package")
     pairs = tuple((str(k), files.text(k)) for k in sorted(files.data))

@@ -11,13 +11,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, bmap, keys, rpi_boot
+from . import __version__, bmap, fields, keys, rpi_boot
 from . import firmware as firmware_pins
 from .boards import Board, load_board
 from .buildinfo import BUILD_JSON, load_build
 from .config import Appliance, load_appliance
 from .digest import sha256_file
-from .errors import ConfigError
+from .errors import ConfigError, PathError
 from .layout import kernel_cmdline, layout_for
 from .progress import Event, NullReporter, Reporter, stage
 from .runner import Runner
@@ -74,8 +74,10 @@ def build(
     runner = runner or Runner()
     started = time.monotonic()
     app = load_appliance(source)
-    if version:
-        app = app.with_version(version)
+    # Overrides get the validators of the fields they replace; errors name the CLI flag.
+    if version is not None:
+        app = app.with_version(version, "--version")
+    url = app.update.url if update_url is None else fields.update_url(update_url, "--update-url")
     brd = load_board(board or app.board)
     if not brd.complete:
         reporter.emit(Event("info", "board",
@@ -83,18 +85,21 @@ def build(
     chain = brd.check_chain(firmware or app.firmware or brd.firmware_chain,
                             file=None if firmware else str(app.source))
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
-    output = (output or Path(source if Path(source).is_dir() else Path(source).parent) /
-              "build" / f"{brd.name}").resolve()
-    output.mkdir(parents=True, exist_ok=True)
+    output = make_output_dir(
+        (output or Path(source if Path(source).is_dir() else Path(source).parent) /
+         "build" / f"{brd.name}").resolve())
     work = output / ".work"
-    if work.exists():
+    if work.is_symlink() or work.is_file():
+        work.unlink()  # never follow a link out of the output directory
+    elif work.exists():
         shutil.rmtree(work)
     staging = work / "out"
     staging.mkdir(parents=True)
     layout = layout_for(app, brd)
     base = f"{app.id}_{app.version}"
-    url = update_url or app.update.url
-    key_home = key_dir or app.update.key or keys.default_dir(app.id)
+    # --keys obeys the rule update.key does: never inside the overlay (it would be imaged).
+    key_home = (fields.key_dir(str(key_dir), "--keys", base=Path.cwd(), overlay=app.overlay)
+                if key_dir else app.update.key or keys.default_dir(app.id))
     # A device that updates must carry the public key; so a build with an update URL
     # without the key is an error. Without a URL, sign if a key happens to exist.
     signing = keys.load(key_home, runner) if url or key_home.is_dir() else None
@@ -182,6 +187,22 @@ def build(
     (output / BUILD_JSON).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def make_output_dir(output: Path) -> Path:
+    """Create the output directory, or refuse clearly before any stage runs."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError("is a file or inside one; the build output must be a directory",
+                          file=str(output), hint="choose another output directory, or "
+                          "remove the file") from None
+    except OSError as exc:
+        raise PathError.from_oserror(exc, "cannot create the output directory") from None
+    if not os.access(output, os.W_OK | os.X_OK):
+        raise PathError(f"{output}: the output directory is not writable", file=str(output),
+                        hint="choose a directory you may write to")
+    return output
 
 
 def tools_versions(runner: Runner, tools: ToolsTree) -> dict[str, str]:

@@ -13,7 +13,8 @@ from typing import Any, Protocol, TextIO
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # "stage-start" | "stage-done" | "stage-cached" | "info" | "progress"
+    # "stage-start" | "stage-done" | "stage-failed" | "stage-cached" | "info" | "progress"
+    kind: str
     stage: str
     message: str = ""
     seconds: float | None = None
@@ -65,6 +66,9 @@ class TextReporter:
             line = f"==> {event.stage}: {event.message}" if event.message else f"==> {event.stage}"
         elif event.kind == "stage-done":
             line = f"    {event.stage} done in {event.seconds:.1f}s {event.message}".rstrip()
+        elif event.kind == "stage-failed":
+            # The error itself is printed once, by the CLI.
+            line = f"    {event.stage} failed after {event.seconds:.1f}s"
         elif event.kind == "stage-cached":
             line = f"    {event.stage}: cached {event.message}".rstrip()
         else:
@@ -88,11 +92,17 @@ class JsonReporter:
 
 @contextmanager
 def stage(reporter: Reporter, name: str, message: str = "") -> Iterator[dict[str, Any]]:
-    """Time a stage; the body may put a short result message into the yielded dict."""
+    """Time a stage; the body may put a short result message into the yielded dict. A stage
+    that raises reports stage-failed (with the error's class) and re-raises."""
     reporter.emit(Event("stage-start", name, message))
     start = time.monotonic()
     result: dict[str, Any] = {}
-    yield result
+    try:
+        yield result
+    except BaseException as exc:
+        reporter.emit(Event("stage-failed", name, "", time.monotonic() - start,
+                            {"error": type(exc).__name__}))
+        raise
     reporter.emit(
         Event("stage-done", name, str(result.get("message", "")), time.monotonic() - start)
     )

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from . import fields
 from .console import SerialConsole, Shell
 from .errors import AppsdkError, ConfigError
-from .fields import Reader
+from .fields import FieldError, Reader
 from .filepush import PushResult, push_bytes, run_checked
 from .progress import Event, NullReporter, Reporter
 from .stages.update import SUMS
@@ -23,20 +26,27 @@ from .stages.update import SUMS
 COMMON = {"login", "hostname", "update_url", "authorized_keys", "credentials", "files"}
 IDENTITY = "/var/lib/appsdk/identity"
 UPDATES = "/var/lib/appsdk/updates"
-HOSTNAME = r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
-NAME = r"[A-Za-z0-9_.-]+"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class FileSpec:
+    """A file to push: `dest` an absolute device path, `mode` the mode as an int (0o644) or
+    its octal digits ("0644"). Checked when made, so plans built in code are checked too."""
+
     src: Path
     dest: str
     mode: int = 0o644
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dest", fields.device_path(self.dest, "dest"))
+        object.__setattr__(self, "mode", fields.file_mode(self.mode, "mode"))
+
 
 @dataclass(frozen=True)
 class DevicePlan:
-    """Everything one device gets; paths are resolved, templates filled in."""
+    """Everything one device gets; paths are resolved, templates filled in. Every value is
+    checked when the plan is made (by load_plan, apply_overrides or Python code alike)."""
 
     serial: str = ""
     hostname: str = ""
@@ -46,6 +56,19 @@ class DevicePlan:
     files: tuple[FileSpec, ...] = ()
     user: str = "root"
     password: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, check in (("serial", fields.serial), ("hostname", fields.hostname),
+                            ("update_url", fields.update_url)):
+            if getattr(self, name) != "":
+                object.__setattr__(self, name, check(getattr(self, name), name))
+        for name, _ in self.credentials:
+            fields.credential_name(name, "credentials")
+        if not all(isinstance(f, FileSpec) for f in self.files):
+            raise ConfigError("files must be FileSpec objects", field="files")
+        fields.user_name(self.user, "user")
+        if self.password is not None:
+            fields.password(self.password, "password")
 
 
 @dataclass(frozen=True)
@@ -68,16 +91,18 @@ class Plan:
                 raise ConfigError(f"the plan lists {len(self.entries)} devices; say which "
                                   "one with --device SERIAL", file=str(self.path))
             serial = next(iter(self.entries), "")
-        elif self.entries and serial not in self.entries:
-            raise ConfigError(f"no device with serial {serial!r} in the plan",
-                              file=str(self.path), hint="known: " + ", ".join(self.entries))
+        else:
+            serial = fields.serial(serial, "--device")
+            if self.entries and serial not in self.entries:
+                raise ConfigError(f"no device with serial {serial!r} in the plan",
+                                  file=str(self.path), hint="known: " + ", ".join(self.entries))
         entry = self.entries.get(serial)
         values: dict[str, Any] = {"serial": serial,
                                   "vars": dict(entry.raw("vars") or {}) if entry else {}}
-        plan = _device(self.src, self.top, DevicePlan(serial=serial), self.path.parent, values)
+        plan = _device(self.top, DevicePlan(serial=serial), self.path.parent, values)
         if entry is not None:
             values["hostname"] = plan.hostname
-            plan = _device(self.src, entry, plan, self.path.parent, values)
+            plan = _device(entry, plan, self.path.parent, values)
         return plan
 
 
@@ -90,54 +115,72 @@ def _fill(template: str, values: dict[str, Any], src: Any, where: tuple[Any, ...
                 raise src.error(where, f"unknown variable {{{key}}}",
                                 hint="use {serial}, {hostname} or {vars.NAME}")
             value = value[part]
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise src.error(where, f"{{{key}}} is not a text value",
+                            hint="vars hold names and numbers, e.g. {channel: beta}")
         return str(value)
 
     return re.sub(r"\{([A-Za-z0-9_.-]+)\}", one, template)
 
 
-def _device(src: Any, r: Reader, base: DevicePlan, root: Path,
-            values: dict[str, Any]) -> DevicePlan:
-    def path_of(text: str, where: tuple[Any, ...]) -> Path:
-        p = (root / text).resolve()
-        if not p.is_file():
-            raise src.error(where, f"file {text!r} not found (relative to {root})")
-        return p
+def _filled(r: Reader, key: str, values: dict[str, Any],
+            validator: Callable[[object, str], T]) -> T:
+    """A template field: filled in, then checked by the field's validator."""
+    where = (*r.path, key)
+    text = _fill(r.text(key), values, r.src, where)
+    try:
+        return validator(text, key)
+    except FieldError as exc:
+        raise r.src.error(where, exc.reason, exc.hint) from None
 
+
+def _file_at(src: Any, root: Path, text: str, where: tuple[Any, ...]) -> Path:
+    try:
+        path = (root / text).resolve()
+        found = path.is_file()
+    except (OSError, RuntimeError):  # unreadable directory, symlink loop
+        found = False
+    if not found:
+        raise src.error(where, f"file {text!r} not found (relative to {root})")
+    return path
+
+
+def _device(r: Reader, base: DevicePlan, root: Path, values: dict[str, Any]) -> DevicePlan:
+    src = r.src
     files = list(base.files)
     raw_files = r.raw("files") or []
     if not isinstance(raw_files, list):
         raise src.error((*r.path, "files"), "must be a list of {src, dest, mode}")
     for i, _ in enumerate(raw_files):
         fr = Reader(src, (*r.path, "files", i), raw_files[i], {"src", "dest", "mode"})
-        dest = _fill(fr.text("dest"), values, src, (*fr.path, "dest"))
-        if not dest.startswith("/"):
-            raise src.error((*fr.path, "dest"), "must be an absolute path on the device")
-        mode = int(fr.text("mode", "0644", pattern=r"0?[0-7]{3,4}", what="an octal mode"), 8)
-        files.append(FileSpec(path_of(fr.text("src"), (*fr.path, "src")), dest, mode))
+        dest = _filled(fr, "dest", values, fields.device_path)
+        # Plain YAML digits (mode: 644) arrive as an int: they are the octal digits written.
+        mode = fr.check("mode", lambda v, f: fields.file_mode(
+            str(v) if isinstance(v, int) and not isinstance(v, bool) else v, f), 0o644)
+        files.append(FileSpec(_file_at(src, root, fr.text("src"), (*fr.path, "src")), dest,
+                              mode))
     keys = base.authorized_keys + tuple(
-        path_of(k, (*r.path, "authorized_keys", i))
+        _file_at(src, root, k, (*r.path, "authorized_keys", i))
         for i, k in enumerate(r.texts("authorized_keys")))
     creds = dict(base.credentials)
-    cr = r.sub("credentials", set(r.raw("credentials") or {}))
+    cr = r.sub("credentials", None)
     for name in cr.data:
-        if not re.fullmatch(NAME, str(name)):
-            raise src.error((*cr.path, name), "credential names are letters, digits, _ . -")
-        creds[str(name)] = path_of(cr.text(name), (*cr.path, name))
-    hostname = base.hostname
-    if r.has("hostname"):
-        hostname = _fill(r.text("hostname"), values, src, (*r.path, "hostname"))
-    if hostname and not re.fullmatch(HOSTNAME, hostname):
-        raise src.error((*r.path, "hostname"), f"{hostname!r} is not a valid hostname")
-    url = base.update_url
-    if r.has("update_url"):
-        url = _fill(r.text("update_url"), values, src, (*r.path, "update_url"))
-        if not re.match(r"https?://", url):
-            raise src.error((*r.path, "update_url"), "must be an http:// or https:// URL")
+        where = (*cr.path, str(name))
+        try:
+            checked = fields.credential_name(name, "credentials")
+        except FieldError as exc:
+            raise src.error(where, exc.reason, exc.hint) from None
+        creds[checked] = _file_at(src, root, cr.text(name), where)
+    hostname = (_filled(r, "hostname", values, fields.hostname) if r.has("hostname")
+                else base.hostname)
+    url = (_filled(r, "update_url", values, fields.update_url) if r.has("update_url")
+           else base.update_url)
     login = r.sub("login", {"user", "password"})
     return replace(base, hostname=hostname, update_url=url, authorized_keys=keys,
                    credentials=tuple(sorted(creds.items())), files=tuple(files),
-                   user=login.text("user", base.user),
-                   password=login.text("password") if login.has("password") else base.password)
+                   user=login.check("user", fields.user_name, base.user),
+                   password=login.check("password", fields.password) if login.has("password")
+                   else base.password)
 
 
 def load_plan(path: Path) -> Plan:
@@ -155,16 +198,74 @@ def load_plan(path: Path) -> Plan:
     entries: dict[str, Reader] = {}
     for i, item in enumerate(raw):
         entry = Reader(src, ("devices", i), item, {"serial", "vars", *COMMON})
-        serial = entry.text("serial", pattern=NAME,
-                            what="a serial number (letters, digits, _ . -)")
+        serial = entry.check("serial", fields.serial)
         if serial in entries:
             raise src.error(("devices", i, "serial"), f"{serial!r} is listed twice")
-        entry.sub("vars", set(entry.raw("vars") or {}))  # must be a mapping
+        entry.sub("vars", None)  # must be a mapping
         entries[serial] = entry
     plan = Plan(path, src, top, entries)
     for serial in entries or [""]:
         plan.device(serial or None)
     return plan
+
+
+def select_device(plan: Path | None, device: str | None) -> DevicePlan:
+    """Where `appsdk provision serial` starts: that device of a plan file, or an empty plan
+    for the serial `device`."""
+    if plan is not None:
+        return load_plan(plan).device(device)
+    return DevicePlan(serial=fields.serial(device, "--device") if device is not None else "")
+
+
+def parse_file_spec(spec: str, flag: str = "--file") -> FileSpec:
+    """SRC:/ABSOLUTE/DEST[:MODE], as --file takes it."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3):
+        raise FieldError(flag, f"{spec!r} is not SRC:/ABSOLUTE/DEST[:MODE]")
+    if not Path(parts[0]).is_file():
+        raise FieldError(flag, f"{parts[0]!r} is not a file", hint="use SRC:/ABSOLUTE/DEST[:MODE]")
+    mode = fields.file_mode(parts[2], flag) if len(parts) == 3 else 0o644
+    return FileSpec(Path(parts[0]), fields.device_path(parts[1], flag), mode)
+
+
+def parse_credential_spec(spec: str, flag: str = "--credential") -> tuple[str, Path]:
+    """NAME=FILE, as --credential takes it."""
+    name, _, path = spec.partition("=")
+    if not path or not Path(path).is_file():
+        raise FieldError(flag, f"{spec!r}: use NAME=FILE with an existing file")
+    return fields.credential_name(name, flag), Path(path)
+
+
+def apply_overrides(plan: DevicePlan, *, hostname: str | None = None, serial: str | None = None,
+                    update_url: str | None = None, files: Iterable[str | FileSpec] = (),
+                    credentials: Iterable[str | tuple[str, Path]] = (),
+                    authorized_keys: Iterable[Path] = (), user: str | None = None,
+                    password: str | None = None) -> DevicePlan:
+    """`plan` with command-line values on top, each through the validator of the plan
+    field it overrides; errors name the flag (--hostname, --file, ...). Files, keys and
+    credentials add to the plan's (a credential of the same name replaces the plan's)."""
+    def given(value: str | None, check: Callable[[object, str], str], flag: str,
+              old: str) -> str:
+        return old if value is None else check(value, flag)
+
+    creds = dict(plan.credentials)
+    for item in credentials:
+        name, path = parse_credential_spec(item) if isinstance(item, str) else item
+        creds[fields.credential_name(name, "--credential")] = path
+    keys = tuple(authorized_keys)
+    for key in keys:
+        if not Path(key).is_file():
+            raise FieldError("--authorized-key", f"{str(key)!r} is not a file")
+    return replace(
+        plan, hostname=given(hostname, fields.hostname, "--hostname", plan.hostname),
+        serial=given(serial, fields.serial, "--serial", plan.serial),
+        update_url=given(update_url, fields.update_url, "--update-url", plan.update_url),
+        files=plan.files + tuple(parse_file_spec(f) if isinstance(f, str) else f
+                                 for f in files),
+        authorized_keys=plan.authorized_keys + tuple(Path(k) for k in keys),
+        credentials=tuple(sorted(creds.items())),
+        user=given(user, fields.user_name, "--user", plan.user),
+        password=plan.password if password is None else fields.password(password, "--password"))
 
 
 @dataclass
@@ -232,14 +333,17 @@ def install_local_update(shell: Shell, directory: str = UPDATES) -> str:
     """Install the update whose SHA256SUMS, signature and artifacts are in `directory` on
     the device: the image's own transfer definitions, with file://DIRECTORY/ as source.
     systemd-pull reads file:// URLs like http:// ones, so SHA256SUMS.gpg is verified
-    against the image's keyring exactly as for a download. Returns sysupdate's output."""
+    against the image's keyring exactly as for a download. appsdk-update runs sysupdate
+    with the ESP writable and syncs before it reports success. Returns sysupdate's output."""
     defs = "/run/appsdk-local-update.d"
+    # transfer_with_source (appsdk-lib) rewrites the source line without sed, so a
+    # directory holding & | or % arrives as written; a subshell keeps the login shell clean.
+    url = shlex.quote("file://" + directory.rstrip("/") + "/")
     command = (
-        f"rm -rf {defs} && mkdir -p {defs} && "
+        f"(rm -rf {defs} && mkdir -p {defs} && . /usr/lib/appsdk/appsdk-lib && "
         "for t in /usr/lib/sysupdate.d/*.transfer; do "
-        f"sed 's|^Path=https\\?://.*|Path=file://{directory.rstrip('/')}/|' \"$t\" "
-        f"> {defs}/${{t##*/}}; done && "
-        f"/usr/lib/systemd/systemd-sysupdate --no-pager --definitions={defs} update 2>&1")
+        f"transfer_with_source {url} < \"$t\" > {defs}/\"${{t##*/}}\" || exit 1; done && "
+        f"/usr/bin/appsdk-update --no-pager --definitions={defs} update 2>&1)")
     return run_checked(shell, command, timeout=900, attempts=1)
 
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .boards import Board, Emulator
 from .cache import cache_root, key_of
-from .errors import ConfigError, ToolMissing
+from .errors import CommandFailed, ConfigError, PathError, ToolMissing
 
 
 @dataclass(frozen=True)
@@ -178,15 +180,48 @@ def kvm_works(board: Board, emulator: str | None = None) -> bool:
     return ok
 
 
+def check_ports(serial_port: int | None, forward: Sequence[tuple[int, int]]) -> None:
+    """Refuse host ports that are given twice or already taken, before QEMU starts: its own
+    error comes after the firmware has loaded and names no flag."""
+    wanted = [("--serial-port", serial_port)] if serial_port else []
+    wanted += [("--forward", host) for host, _ in forward]
+    seen: set[int] = set()
+    for flag, port in wanted:
+        if port in seen:
+            raise ConfigError(f"host port {port} is used twice", field=flag,
+                              hint="give each forward and the serial console its own port")
+        seen.add(port)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # QEMU listens with SO_REUSEADDR too: a port in TIME_WAIT is fine for it.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise ConfigError(f"127.0.0.1:{port} cannot be used: {exc.strerror}",
+                                  field=flag, hint="choose another port, or stop the "
+                                  "program that listens there") from None
+
+
 def prepare_disk(image: Path, disk: Path | None, size: int | None) -> Path:
     """A persistent working copy of the image (sparse), grown to `size` if given."""
     if disk is None:
         return image
-    if not disk.exists():
-        disk.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["cp", "--sparse=always", str(image), str(disk)], check=True)
-    if size and disk.stat().st_size < size:
-        os.truncate(disk, size)
+    if disk.exists() and not disk.is_file():
+        raise ConfigError("is not a regular file (a disk image is needed)", file=str(disk),
+                          field="--disk", hint="give a file name for the working copy")
+    try:
+        if not disk.exists():
+            disk.parent.mkdir(parents=True, exist_ok=True)
+            done = subprocess.run(["cp", "--sparse=always", str(image), str(disk)],
+                                  capture_output=True, text=True, check=False)
+            if done.returncode:
+                disk.unlink(missing_ok=True)  # a partial copy must not pass for a made one
+                raise CommandFailed(["cp", "--sparse=always", str(image), str(disk)],
+                                    done.returncode, done.stderr)
+        if size and disk.stat().st_size < size:
+            os.truncate(disk, size)
+    except OSError as exc:
+        raise PathError.from_oserror(exc, "cannot make the working copy (--disk)") from None
     return disk
 
 

@@ -74,10 +74,10 @@ def test_yaml_syntax_error_has_line(tmp_path: Path) -> None:
         load_appliance(write(tmp_path, "id: ok\nversion: '1'\n\tbase: x\n"))
 
 
-def test_unquoted_version_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r":2: version: must be a quoted string") as info:
-        load_appliance(write(tmp_path, "id: ok\nversion: 1.10\n"))
-    assert info.value.hint and '"1.10"' in info.value.hint
+def test_unquoted_version_keeps_what_was_written(tmp_path: Path) -> None:
+    # YAML 1.1 reads 1.10 as the float 1.1; appsdk keeps the text the user wrote.
+    assert load_appliance(write(tmp_path, "id: ok\nversion: 1.10\n")).version == "1.10"
+    assert load_appliance(write(tmp_path, "id: ok\nversion: 2\n")).version == "2"
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -102,3 +102,101 @@ def test_version_override_is_validated(tmp_path: Path) -> None:
     assert app.with_version("2.0~rc1").version == "2.0~rc1"
     with pytest.raises(ConfigError, match="--version"):
         app.with_version("2_0")
+
+
+# Issue 12, class 6: nothing is accepted or changed silently.
+@pytest.mark.parametrize(
+    ("text", "line", "field", "words"),
+    [
+        ("id: ok\nversion: '1'\npartitions:\n  usr: 100T\n", 4, "partitions.usr",
+         "100T is more than 64G"),
+        ("id: ok\nversion: '1'\npartitions:\n  esp: 5G\n", 4, "partitions.esp",
+         "more than 4G"),
+        ("id: ok\nversion: '1'\npartitions:\n  var_min: 2T\n", 4, "partitions.var_min",
+         "more than 1T"),
+        ("id: ok\nversion: '1'\npartitions:\n  usr: -5\n", 4, "partitions.usr", "negative"),
+        ("id: ok\nversion: '1'\nhealth:\n  - {name: a, unit: a.service}\n"
+         "  - {name: a, unit: b.service}\n", 5, "health[1].name", "also the name of health[0]"),
+        ("id: ok\nversion: '1'\nhealth:\n  - {unit: a.service}\n  - {name: check0, unit: "
+         "b.service}\n", 5, "health[1].name", "also the name"),
+        ("id: ok\nversion: '1'\nhealth:\n  - name: a\n    command: \"true\\nreboot\"\n", 5,
+         "health[0].command", "newline"),
+        ("id: ok\nversion: '1'\nhealth:\n  - name: a\n    url: https://127.0.0.1/\n", 5,
+         "health[0].url", "speaks plain HTTP"),
+        ("id: ok\nversion: '1'\nhealth:\n  - name: a\n    unit: 'x; reboot'\n", 5,
+         "health[0].unit", "unit name"),
+        ("id: ok\nversion: '1'\nboard: ../../x\n", 3, "board", "not a path"),
+        ("id: ok\nversion: '1'\nupdate:\n  url: \"http://x/\\n\"\n", 4, "update.url",
+         "newline"),
+        ("id: ok\nversion: '1'\nupdate:\n  url: http://x/?a=b\n", 4, "update.url", "?query"),
+        ("id: ok\nversion: '1'\nbase:\n  mirror: \"http://x/ trixie main\"\n", 4,
+         "base.mirror", "space"),
+        ("id: ok\nversion: '1'\nbase:\n  components: ['main contrib']\n", 4,
+         "base.components[0]", "component"),
+        ("id: ok\nversion: '1'\nname: 'a \"b\"'\n", 3, "name", "must not contain"),
+        ("id: ok\nversion: '1'\nname: \"x\\0y\"\n", 3, "name", "NUL"),
+        ("id: ok\nversion: '1'\nconsole:\n  autologin: yes\n", 4, "console.autologin",
+         "true or false, got 'yes'"),
+        ("id: 0123\nversion: '1'\nboot:\n  tries: 0x3\n", 4, "boot.tries",
+         "whole number, got '0x3'"),
+        ("id: ok\nversion: '1'\nid: other\n", 3, "", "duplicate key 'id' (also on line 1)"),
+    ],
+)
+def test_nothing_passes_or_changes_silently(
+    tmp_path: Path, text: str, line: int, field: str, words: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_appliance(write(tmp_path, text))
+    message = str(info.value)
+    where = f"{tmp_path / 'appliance.yaml'}:{line}: " + (f"{field}:" if field else "")
+    assert message.startswith(where), message
+    assert words in message, message
+
+
+def test_yaml_11_numbers_stay_as_written(tmp_path: Path) -> None:
+    app = load_appliance(write(tmp_path, "id: 0123\nversion: 0o17\n"))
+    assert (app.id, app.version) == ("0123", "0o17")  # YAML 1.1: 83 and 15
+
+
+def test_https_health_url_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_appliance(write(tmp_path, "id: ok\nversion: '1'\nhealth:\n  - name: a\n"
+                             "    url: https://127.0.0.1:8443/health\n"))
+    assert info.value.hint and "command:" in info.value.hint
+
+
+def test_update_key_inside_the_overlay_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "overlay/etc/keys").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r":5: update.key: .* is inside the overlay") as info:
+        load_appliance(write(tmp_path, "id: ok\nversion: '1'\noverlay: overlay\nupdate:\n"
+                             "  key: overlay/etc/keys\n"))
+    assert "copied into the image" in str(info.value) and info.value.hint
+    app = load_appliance(write(tmp_path, "id: ok\nversion: '1'\noverlay: overlay\nupdate:\n"
+                               "  key: keys\n"))
+    assert app.update.key == (tmp_path / "keys").resolve()
+
+
+def test_sizes_and_limits_in_range_are_kept(tmp_path: Path) -> None:
+    app = load_appliance(write(tmp_path, "id: ok\nversion: '1'\npartitions:\n  esp: 4G\n"
+                               "  usr: 64G\n  var_min: 1T\n"))
+    assert (app.partitions.esp, app.partitions.usr, app.partitions.var_min) == (
+        4096 * MiB, 65536 * MiB, 1024 * 1024 * MiB)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"update_url": "ftp://x/"}, "--update-url: 'ftp://x/' is not an http:// or https://"),
+    ({"update_url": "http://x/\n"}, "--update-url: contains a newline"),
+    ({"update_url": ""}, "--update-url: must not be empty"),
+    ({"version": "1_0"}, "--version: '1_0' is not a valid version"),
+    ({"version": ""}, "--version: must not be empty"),
+])
+def test_python_api_overrides_are_checked_before_any_work(
+    tmp_path: Path, overrides: dict[str, str], words: str
+) -> None:
+    from appsdk.pipeline import build
+
+    write(tmp_path, "id: ok\nversion: '1'\n")
+    with pytest.raises(ConfigError) as info:
+        build(tmp_path, output=tmp_path / "out", **overrides)
+    assert words in str(info.value)
+    assert not (tmp_path / "out").exists()
