@@ -16,19 +16,25 @@ class Section:
     size: int  # bytes of data in the file (trailing padding trimmed for text sections)
 
 
+TEXT_MAX = 1024 * 1024  # a text section (.cmdline, .osrel, .uname, .sdmagic) is small
+
+
 def sections(path: Path) -> dict[str, Section]:
+    """The section table; any file that is not a well-formed PE is VerifyFailed."""
     with path.open("rb") as f:
         head = f.read(4096)
-        if head[:2] != b"MZ":
+        if len(head) < 0x40 or head[:2] != b"MZ":
             raise VerifyFailed(f"{path}: not a PE file (no MZ header)")
         (pe_offset,) = struct.unpack_from("<I", head, 0x3C)
         f.seek(pe_offset)
         coff = f.read(24)
-        if coff[:4] != b"PE\0\0":
+        if len(coff) < 24 or coff[:4] != b"PE\0\0":
             raise VerifyFailed(f"{path}: not a PE file (no PE signature)")
         _, count, _, _, _, optional_size, _ = struct.unpack_from("<HHIIIHH", coff, 4)
         f.seek(pe_offset + 24 + optional_size)
         table = f.read(40 * count)
+    if len(table) < 40 * count:
+        raise VerifyFailed(f"{path}: PE section table cut short ({count} sections declared)")
     out = {}
     for index in range(count):
         entry = table[index * 40:(index + 1) * 40]
@@ -48,4 +54,11 @@ def read_section(path: Path, name: str) -> bytes:
 
 
 def read_text(path: Path, name: str) -> str:
-    return read_section(path, name).rstrip(b"\0").decode()
+    section = sections(path).get(name)
+    if section is not None and section.size > TEXT_MAX:
+        raise VerifyFailed(f"{path}: section {name} is {section.size} bytes, not text")
+    data = read_section(path, name).rstrip(b"\0")
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise VerifyFailed(f"{path}: section {name} is not UTF-8 text (byte {exc.start})") from None

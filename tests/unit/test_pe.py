@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import contextlib
 import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from appsdk import pe
 from appsdk.errors import VerifyFailed
 from appsdk.pe import read_text, sections
 
@@ -43,3 +47,17 @@ def test_not_pe(tmp_path: Path) -> None:
     (tmp_path / "x").write_bytes(b"hello")
     with pytest.raises(VerifyFailed, match="not a PE"):
         sections(tmp_path / "x")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=600), st.integers(0, 599), st.binary(min_size=1, max_size=8))
+def test_any_bytes_are_read_or_refused(tmp_path_factory: pytest.TempPathFactory, data: bytes,
+                                       at: int, patch: bytes) -> None:
+    """A crafted UKI on an ESP must give VerifyFailed, never a traceback in `inspect`."""
+    blob = bytearray(b"MZ" + bytes(0x3A) + (0x40).to_bytes(4, "little") + b"PE\0\0" + data)
+    blob[at:at + len(patch)] = patch
+    path = tmp_path_factory.mktemp("pe") / "x.efi"
+    path.write_bytes(bytes(blob))
+    for name in (".cmdline", ".osrel"):
+        with contextlib.suppress(VerifyFailed):
+            pe.read_text(path, name)

@@ -130,11 +130,13 @@ def provisioned(hello_v1: appsdk.BuildResult, tmp_path_factory: pytest.TempPathF
         facts["cred_after"] = sh.output("od -An -c /run/credstore/api-token | tr -s ' '")
         facts["transfer"] = sh.output("grep ^Path=http /etc/sysupdate.d/50-usr.transfer")
         facts["status"] = json.loads(sh.output("appsdk-status --json"))
+        facts["machine_id"] = sh.output("cat /etc/machine-id")
         sh.send("systemctl poweroff")
         vm.wait_exit(120)
     finally:
         vm.close()
         proxy.close()
+    facts["disk"], facts["vars"] = disk, vars_fd
     return facts
 
 
@@ -189,19 +191,20 @@ def test_hopeless_line_fails_clearly_and_installs_nothing(
     assert "hopeless.bin" not in str(provisioned["hopeless_files"]).split()
 
 
-def test_update_installs_from_files_on_the_device(
-        hello_v1: appsdk.BuildResult, hello_v2: appsdk.BuildResult,
+def test_update_installs_from_files_and_identity_survives_it(
+        provisioned: dict[str, object], hello_v2: appsdk.BuildResult,
         signing_key: appsdk_keys.SigningKey, tmp_path: Path, vm_logs: Path) -> None:
-    """The on-device half of `provision serial --update`: artifacts already on the device
-    (here on a second disk, since pushing 130 MB over an emulated UART takes most of an
-    hour) are installed by systemd-sysupdate from file://, signature checked, and the
-    device then boots the new version."""
+    """The on-device half of `provision serial --update`, on the device provisioned above:
+    artifacts already on the device (here on a second disk, since pushing 130 MB over an
+    emulated UART takes most of an hour) are installed by systemd-sysupdate from file://,
+    signature checked; the device then boots the new version with its identity (hostname,
+    serial, machine-id, ssh key, credential, update URL) as provisioned."""
     rel = release(tmp_path / "rel", [hello_v2.output], signing_key, Runner()).directory
     updates = tmp_path / "updates.img"
     subprocess.run(["mkfs.ext4", "-q", "-L", "updates", "-d", str(rel), str(updates), "400M"],
                    check=True)
-    disk = disk_copy(hello_v1.image, tmp_path / "disk.img", 6 * GiB)
-    vars_fd = ovmf_vars(tmp_path)
+    disk, vars_fd = provisioned["disk"], provisioned["vars"]
+    assert isinstance(disk, Path) and isinstance(vars_fd, Path)
     extra = ["-drive", f"if=none,id=upd,format=raw,readonly=on,file={updates}",
              "-device", "virtio-blk-pci,drive=upd"]
 
@@ -229,6 +232,24 @@ def test_update_installs_from_files_on_the_device(
     try:
         version = vm.shell.expect(r"appsdk: IMAGE_ID=hello IMAGE_VERSION=(\S+) booted",
                                   300).group(1)
+        sh = vm.shell
+        sh.attach()
+        after = {"hostname": sh.output("hostname"),
+                 "machine_id": sh.output("cat /etc/machine-id"),
+                 "keys": sh.output("cat /root/.ssh/authorized_keys"),
+                 "cred": sh.output("od -An -c /run/credstore/api-token | tr -s ' '"),
+                 "transfer": sh.output("grep ^Path=http /etc/sysupdate.d/50-usr.transfer"),
+                 "status": json.loads(sh.output("appsdk-status --json"))}
+        sh.send("systemctl poweroff")
+        vm.wait_exit(120)
     finally:
         vm.close()
     assert version == "2.0"
+    assert after["hostname"] == "hello-SN0042"
+    assert after["machine_id"] == provisioned["machine_id"]
+    assert after["keys"] == str(provisioned["key"]).strip()
+    assert after["cred"] == "s 3 c r e t - \\0 - b i n a r y \\n"
+    assert after["transfer"] == "Path=http://updates.example.com/beta/"
+    status = after["status"]
+    assert isinstance(status, dict)
+    assert status["serial"] == "SN0042" and status["running"] == "2.0"
