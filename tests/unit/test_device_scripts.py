@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_pe import tiny_pe
 
 from appsdk.provision_serial import install_local_update
 
@@ -255,9 +256,16 @@ def update(dev: Device, *args: str) -> subprocess.CompletedProcess[bytes]:
                           env=dev.env(), capture_output=True, timeout=30, check=False)
 
 
+def uki(dev: Device, name: str) -> bytes:
+    """A small but whole PE file on the fake ESP, as a UKI would be."""
+    path = dev.root / "efi/EFI/Linux" / name
+    tiny_pe(path, {".osrel": b"IMAGE_VERSION=x\n", ".linux": bytes(3000)})
+    return path.read_bytes()
+
+
 def test_update_is_synced_before_it_reports_success(dev: Device) -> None:
     dev.put("mounted", b"")
-    dev.put("efi/EFI/Linux/hello_2.0+3-0.efi", b"MZ")
+    uki(dev, "hello_2.0+3-0.efi")
     result = update(dev, "--no-pager", "update")
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"sysupdate says: --no-pager update\n"
@@ -268,6 +276,27 @@ def test_update_is_synced_before_it_reports_success(dev: Device) -> None:
         "sync ", f"sync -f {esp}", f"sync -- {esp}/EFI/Linux/hello_2.0+3-0.efi",
         f"mount -o remount,ro,async {esp}",
     ]
+
+
+def test_update_takes_away_a_damaged_uki_so_its_version_is_installed_again(
+        dev: Device) -> None:
+    """A UKI cut short (power cut before the sync; fsck.fat truncating unlinked clusters)
+    keeps its version's name: sysupdate would call that version installed for good."""
+    dev.put("mounted", b"")
+    whole = uki(dev, "hello_2.0+3-0.efi")
+    uki(dev, "hello_1.0.efi")
+    for name, data in (("hello_3.0+3-0.efi", whole[:len(whole) - 100]),
+                       ("hello_4.0.efi", b""), ("hello_5.0+2-1.efi", b"MZ" + bytes(600))):
+        dev.put(f"efi/EFI/Linux/{name}", data)
+    dev.put("efi/EFI/Linux/hello_1.0+1-2.efi", b"")  # the running version: never touched
+    result = update(dev, "update")
+    assert result.returncode == 0, result.stderr
+    left = sorted(p.name for p in (dev.root / "efi/EFI/Linux").iterdir())
+    assert left == ["hello_1.0+1-2.efi", "hello_1.0.efi", "hello_2.0+3-0.efi"]
+    said = result.stderr.decode()
+    for name in ("hello_3.0+3-0.efi", "hello_4.0.efi", "hello_5.0+2-1.efi"):
+        assert f"{name} on the ESP is damaged" in said, said
+    assert dev.log().index("sysupdate update") > 0  # after the ESP became writable
 
 
 def test_update_passes_a_failure_through_and_still_makes_the_esp_read_only(
