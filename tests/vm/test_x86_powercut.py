@@ -77,6 +77,10 @@ def cut_and_recover(image: Path, work: Path, logs: Path, name: str, trigger: str
         # One more update run: it installs v2 if the cut lost it, and has nothing to do
         # if v2 is already there.
         facts["rerun"] = sysupdate_update(sh)
+        if version == "2.0":  # already where it must end: no third boot needed
+            facts["boot3"] = (version, outcome)
+            facts["status3"] = sh.output("appsdk-status")
+            return facts
         sh.send("sync; systemctl poweroff")
         vm.wait_exit(120)
 
@@ -100,5 +104,7 @@ def test_power_cut_during_or_after_an_update(
     assert version in ("1.0", "2.0")
     status, output = facts["rerun"]  # type: ignore[misc]
     assert status == 0, output
+    if version == "2.0":
+        assert "No update needed" in output, output
     assert facts["boot3"] == ("2.0", "up"), facts
     assert "running:   2.0" in str(facts["status3"]), facts["status3"]
