@@ -97,9 +97,7 @@ def build(
     staging.mkdir(parents=True)
     layout = layout_for(app, brd)
     base = f"{app.id}_{app.version}"
-    # --keys obeys the rule update.key does: never inside the overlay (it would be imaged).
-    key_home = (fields.key_dir(str(key_dir), "--keys", base=Path.cwd(), overlay=app.overlay)
-                if key_dir else app.update.key or keys.default_dir(app.id))
+    key_home = keys.home_for(app, key_dir)  # never inside the overlay (it would be imaged)
     # A device that updates must carry the public key; so a build with an update URL
     # without the key is an error. Without a URL, sign if a key happens to exist.
     signing = keys.load(key_home, runner) if url or key_home.is_dir() else None
