@@ -454,6 +454,11 @@ def check_target(source: Source, device: str | Path, board: str | None,
                             hint=f"flash a build for {board}, or pass --board {source.board}")
     dev = probe(device)
     refuse_if_unsafe(dev, allow_fixed, source.min_device_size)
+    if dev.backed_by(source.image):
+        raise DeviceRefused(f"refusing to write to {dev.path}: it is a loop device over the "
+                            f"image itself ({source.image}). Nothing was written.",
+                            hint="detach it (losetup -d) and flash another device",
+                            device=dev.path)
     return dev
 
 
