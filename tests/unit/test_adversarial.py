@@ -203,3 +203,39 @@ def test_default_key_dir_inside_the_overlay_is_refused(
     code, out, err = run_cli(argv, capsys)
     check(code, out, err, argv, ("APPSDK_KEYS_DIR",))
     assert "inside the overlay" in err
+
+
+# --- two builds into one output directory ---------------------------------------------------
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_second_build_into_the_same_output_is_refused(
+        sandbox: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Was: the second build deleted the first one's .work (its staged artifacts) and the
+    # two then published over each other.
+    import appsdk.pipeline
+    directory = app(sandbox)
+    seen: dict[str, object] = {}
+
+    def tools_of_first_build(*_args: object, **_kwargs: object) -> None:
+        work = directory / "build" / "x86-uefi" / ".work"
+        marker = work / "out" / "staged-by-the-first-build"
+        marker.write_text("x")
+        seen["code"] = run_cli(["build", str(directory), "--json"], capsys)
+        seen["kept"] = marker.exists()
+        raise _Stop
+
+    monkeypatch.setattr(appsdk.pipeline, "ensure_tools", tools_of_first_build)
+    with pytest.raises(_Stop):
+        appsdk.pipeline.build(directory)
+    code, out, err = seen["code"]  # type: ignore[misc]
+    check(code, out, err, ["build", "--json"], ("x86-uefi",))
+    assert "another build" in err and seen["kept"], err
+    # Once the first build is over, the directory is free again.
+    monkeypatch.setattr(appsdk.pipeline, "ensure_tools", lambda *a, **k: (_ for _ in ()).throw(
+        _Stop()))
+    with pytest.raises(_Stop):
+        appsdk.pipeline.build(directory)
