@@ -239,3 +239,25 @@ def test_a_second_build_into_the_same_output_is_refused(
         _Stop()))
     with pytest.raises(_Stop):
         appsdk.pipeline.build(directory)
+
+
+# --- run --disk: an existing file is taken as the VM's disk --------------------------------
+
+def test_run_disk_must_be_a_disk_image(sandbox: Path, capsys: pytest.CaptureFixture[str]
+                                       ) -> None:
+    # Was: `--disk app/appliance.yaml --disk-size 1G` grew appliance.yaml to 1 GiB (even
+    # with --print) and would have booted it as a disk, writable.
+    disk = sandbox / "disk.img"
+    disk.write_bytes(gpt(128))
+    victim = app(sandbox) / "appliance.yaml"
+    before = victim.read_bytes()
+    run = ["run", str(disk), "--print", "--accel", "tcg", "--disk"]
+    argv = [*run, str(victim), "--disk-size", "1G"]
+    code, out, err = run_cli(argv, capsys)
+    check(code, out, err, argv, ("--disk",))
+    assert victim.read_bytes() == before
+    # A working copy made earlier is still used, and grown.
+    copy = sandbox / "copy.img"
+    assert run_cli([*run, str(copy)], capsys)[0] == 0
+    argv = [*run, str(copy), "--disk-size", "2M"]
+    assert run_cli(argv, capsys)[0] == 0 and copy.stat().st_size == 2 << 20
