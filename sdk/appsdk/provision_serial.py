@@ -145,6 +145,13 @@ def _file_at(src: Any, root: Path, text: str, where: tuple[Any, ...]) -> Path:
     return path
 
 
+def _public_keys(src: Any, path: Path, where: tuple[Any, ...]) -> Path:
+    try:
+        return fields.authorized_key_file(str(path))
+    except FieldError as exc:
+        raise src.error(where, exc.reason, exc.hint) from None
+
+
 def _device(r: Reader, base: DevicePlan, root: Path, values: dict[str, Any]) -> DevicePlan:
     src = r.src
     files = list(base.files)
@@ -160,8 +167,9 @@ def _device(r: Reader, base: DevicePlan, root: Path, values: dict[str, Any]) -> 
         files.append(FileSpec(_file_at(src, root, fr.text("src"), (*fr.path, "src")), dest,
                               mode))
     keys = base.authorized_keys + tuple(
-        _file_at(src, root, k, (*r.path, "authorized_keys", i))
-        for i, k in enumerate(r.texts("authorized_keys")))
+        _public_keys(src, _file_at(src, root, k, where), where)
+        for i, k in enumerate(r.texts("authorized_keys"))
+        for where in [(*r.path, "authorized_keys", i)])
     creds = dict(base.credentials)
     cr = r.sub("credentials", None)
     for name in cr.data:
@@ -256,6 +264,7 @@ def apply_overrides(plan: DevicePlan, *, hostname: str | None = None, serial: st
     for key in keys:
         if not Path(key).is_file():
             raise FieldError("--authorized-key", f"{str(key)!r} is not a file")
+        fields.authorized_key_file(str(key), "--authorized-key")
     return replace(
         plan, hostname=given(hostname, fields.hostname, "--hostname", plan.hostname),
         serial=given(serial, fields.serial, "--serial", plan.serial),

@@ -261,3 +261,39 @@ def test_run_disk_must_be_a_disk_image(sandbox: Path, capsys: pytest.CaptureFixt
     assert run_cli([*run, str(copy)], capsys)[0] == 0
     argv = [*run, str(copy), "--disk-size", "2M"]
     assert run_cli(argv, capsys)[0] == 0 and copy.stat().st_size == 2 << 20
+
+
+# --- provision serial --authorized-key: any bytes were pushed as authorized_keys -----------
+
+PRIVATE = (b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"
+           b"-----END OPENSSH PRIVATE KEY-----\n")
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    (PRIVATE, "PRIVATE key"), (b"garbage\x00\xff\n", "not an OpenSSH public key"),
+    (b"", "not an OpenSSH public key"), (b"ssh-ed25519 AAAA x\nrm -rf /\n", "line 2")])
+def test_authorized_key_must_be_a_public_key(content: bytes, says: str, sandbox: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # Was: `--authorized-key ~/.ssh/id_ed25519` (the private key) was pushed to the device.
+    key_file = sandbox / "id_ed25519"
+    key_file.write_bytes(content)
+    argv = ["provision", "serial", "socket://127.0.0.1:9", "--authorized-key", str(key_file),
+            "--json"]
+    code, out, err = run_cli(argv, capsys)
+    check(code, out, err, argv, ("--authorized-key",))
+    assert says in err
+    plan = sandbox / "plan.yaml"
+    plan.write_text("authorized_keys: [id_ed25519]\n")
+    argv = ["provision", "serial", "socket://127.0.0.1:9", str(plan), "--json"]
+    code, out, err = run_cli(argv, capsys)
+    check(code, out, err, argv, ("plan.yaml",))
+    assert says in err
+
+
+def test_public_keys_are_accepted(tmp_path: Path) -> None:
+    from appsdk import fields
+    key_file = tmp_path / "k.pub"
+    key_file.write_text("# lab keys\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ user@host\n\n"
+                        'command="echo a b",from="10.0.0.0/8" ssh-rsa AAAAB3NzaC1yc2E= x\n'
+                        "sk-ssh-ed25519@openssh.com AAAAGnNr x\n")
+    assert fields.authorized_key_file(str(key_file)) == key_file
