@@ -54,3 +54,19 @@ def test_loop_device_over_the_image_is_refused(backing: str, tmp_path: Path,
             assert "the image itself" in err and dev in err
             assert '"device"' in out
     assert _digest(image) == before
+
+
+def test_file_without_a_partition_table_leaves_the_card_untouched(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Was: `flash build/build.json /dev/sdX` cleared the card's GPT, wrote 1 MB and said
+    # "verified", exit 0.
+    build = make_build_dir(tmp_path / "build", "x86-uefi", image_mib=160)
+    card = tmp_path / "card.img"
+    card.write_bytes((build / "demo_1.0.img").read_bytes()[:4 << 20])  # a card with a GPT
+    before = _digest(card)
+    with loop_over(card) as dev:
+        for source in (build / "build.json", build / "demo_1.0.img.bmap"):
+            code = main(["flash", str(source), dev, "--yes", "--allow-fixed"])
+            err = capsys.readouterr().err
+            assert code == 2 and "no partition table" in err and source.name in err, err
+    assert _digest(card) == before
