@@ -59,6 +59,16 @@ class BlockDevice:
         """What must not change between the confirmation and the open()."""
         return (self.devnum, self.size, self.serial, self.model, self.diskseq)
 
+    def backed_by(self, file: Path) -> bool:
+        """Whether this is a loop device over `file` (by inode: a hard link is the same file),
+        so that writing it would overwrite the file."""
+        backing = _read(Path(f"/sys/dev/block/{self.devnum[0]}:{self.devnum[1]}/loop/"
+                             "backing_file"))
+        try:
+            return bool(backing) and os.path.samefile(backing, file)
+        except OSError:  # a deleted backing file (" (deleted)") is not ours
+            return False
+
     def refusals(self, allow_fixed: bool = False) -> list[Refusal]:
         out: list[Refusal] = []
         if self.system:
@@ -248,4 +258,4 @@ def refuse_if_unsafe(dev: BlockDevice, allow_fixed: bool, min_size: int) -> None
             f"refusing to write to {dev.identity}: "
             + "; ".join(r.reason for r in refusals) + ". Nothing was written.",
             hint=("if you are sure, pass " + " ".join(overrides))
-            if overrides and all(r.override for r in refusals) else None)
+            if overrides and all(r.override for r in refusals) else None, device=dev.path)

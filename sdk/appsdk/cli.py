@@ -121,6 +121,14 @@ def _new_dir(text: str) -> Path:
     return path
 
 
+def _new_file(text: str) -> Path:
+    """A file to write: not a directory, and no existing part of its directory a file."""
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not a file")
+    _new_dir(os.path.dirname(text) or ".")
+    return Path(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="appsdk",
@@ -270,7 +278,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="install the update in DIR (build or release) from pushed files")
     sp.add_argument("--status", action="store_true",
                     help="only log in and print the device's status")
-    sp.add_argument("--log", type=Path, help="write the console transcript here")
+    sp.add_argument("--log", type=_new_file, help="write the console transcript here")
     sp.add_argument("--json", action="store_true", help="the report as JSON")
 
     p = sub.add_parser("firmware", help="pinned firmware: list, fetch and verify",
@@ -457,23 +465,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _key_dir(args: argparse.Namespace, appliance: Path) -> Path:
-    from .config import load_appliance
-    from .keys import default_dir
-
-    if args.keys:
-        return Path(args.keys)
-    app = load_appliance(appliance)
-    return app.update.key or default_dir(app.id)
-
-
 def cmd_keys(args: argparse.Namespace) -> int:
     from . import keys
     from .config import load_appliance
     from .runner import Runner
 
     app = load_appliance(args.directory)
-    home = _key_dir(args, args.directory)
+    home = keys.home_for(app, args.keys)
     key = keys.generate(home, f"{app.name} update signing ({app.id})", Runner())
     if args.json:
         _print_json({"directory": key.home, "fingerprint": key.fingerprint,
@@ -522,6 +520,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .boards import load_board
     from .buildinfo import locate_image
     from .foreign import needs_emulation
+    from .gpt import disk_table
     from .qemu import (
         VmSpec,
         check_ports,
@@ -533,6 +532,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
     image, record = locate_image(args.target)
+    disk_table(image)  # a build.json or tarball would boot to nothing, or be written to
     board = load_board(args.board or (record["board"]["name"] if record else "x86-uefi"))
     if not args.print_only:
         check_ports(args.serial_port, args.forward)

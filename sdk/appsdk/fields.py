@@ -313,6 +313,36 @@ def key_dir(value: object, field: str = "update.key", *, base: Path,
     return key
 
 
+_PUBLIC_KEY = re.compile(r"(?:.+ )?(?:ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+)"
+                         r"(?:@openssh\.com)? [A-Za-z0-9+/]+={0,3}(?: .*)?")
+
+
+def authorized_key_file(value: object, field: str = "authorized_keys") -> Path:
+    """A file of OpenSSH public keys (authorized_keys lines). A private key given by mistake
+    (id_ed25519 for id_ed25519.pub) must never be pushed to devices, nor garbage that
+    would lock root out."""
+    path = Path(_line(value, field))
+    try:
+        with path.open("rb") as f:
+            data = f.read(65537)
+    except OSError as exc:
+        raise FieldError(field, f"{str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    if b"PRIVATE KEY" in data:
+        raise FieldError(field, f"{path} is a PRIVATE key", hint="give the public key "
+                         f"({path.name}.pub); never copy a private key to devices")
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        lines = ["\x00"]
+    bad = [n for n, line in enumerate(lines, 1) if line.strip()
+           and not line.startswith("#") and not _PUBLIC_KEY.fullmatch(line.strip())]
+    if len(data) > 65536 or bad or not any(line.strip() for line in lines):
+        where = f" (line {bad[0]})" if bad else ""
+        raise FieldError(field, f"{path} is not an OpenSSH public key file{where}",
+                         hint="give a .pub file: lines like 'ssh-ed25519 AAAA... comment'")
+    return path
+
+
 def argtype(validator: Callable[[object, str], T], flag: str) -> Callable[[str], T]:
     """An argparse type= that applies `validator` with the flag as the field name."""
     def convert(text: str) -> T:

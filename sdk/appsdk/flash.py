@@ -92,7 +92,7 @@ def open_source(path: Path) -> Source:
     board = record["board"]["name"] if record else None
     min_size = (record.get("min_device_size") or 0) if record else 0
     source = Source(image, block_map, board, max(min_size, block_map.image_size), bmap_path)
-    table = gpt.read(image) if record else gpt.probe(image)
+    table = gpt.read(image) if record else gpt.disk_table(image)
     if bmap_path:  # a map computed from the image describes it by construction
         _check_covers(source, table)
         _check_image_ranges(source, recorded=record is not None)
@@ -454,6 +454,11 @@ def check_target(source: Source, device: str | Path, board: str | None,
                             hint=f"flash a build for {board}, or pass --board {source.board}")
     dev = probe(device)
     refuse_if_unsafe(dev, allow_fixed, source.min_device_size)
+    if dev.backed_by(source.image):
+        raise DeviceRefused(f"refusing to write to {dev.path}: it is a loop device over the "
+                            f"image itself ({source.image}). Nothing was written.",
+                            hint="detach it (losetup -d) and flash another device",
+                            device=dev.path)
     return dev
 
 

@@ -229,3 +229,23 @@ def probe(image: Path) -> Gpt | None:
         return read(image)
     except NoGpt:
         return None
+
+
+def disk_table(image: Path) -> Gpt | None:
+    """`probe`, but a file with no partition table at all (no GPT, no MBR boot signature:
+    a build.json, a tarball, a text file) is refused: it is no disk image, and writing it
+    to a card or booting it would only destroy or hide what is there."""
+    table = probe(image)
+    if table is None:
+        try:
+            with image.open("rb") as f:
+                f.seek(510)
+                mbr = f.read(2) == b"\x55\xaa"
+        except OSError as exc:
+            raise ConfigError(f"cannot read the image: {exc.strerror or exc}",
+                              file=str(image)) from None
+        if not mbr:
+            raise ConfigError("not a disk image: no partition table (no GPT, no MBR)",
+                              file=str(image), hint="pass the .img of a build, or its "
+                              "build directory")
+    return table

@@ -11,6 +11,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import fields
+from .config import Appliance
 from .errors import AppsdkError, CommandFailed, ConfigError, ToolMissing, VerifyFailed
 from .runner import Runner, require
 
@@ -33,6 +35,19 @@ def default_dir(app_id: str) -> Path:
         return Path(env) / app_id
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "appsdk" / "keys" / app_id
+
+
+def home_for(app: Appliance, override: Path | None = None) -> Path:
+    """The key's GnuPG home for `app`: `override` (--keys), else update.key, else the
+    per-user default. Whichever it is, never inside the overlay (fields.key_dir): the
+    overlay is copied into the image, the private key with it."""
+    if override is not None:
+        return fields.key_dir(str(override), "--keys", base=Path.cwd(), overlay=app.overlay)
+    if app.update.key is not None:
+        return app.update.key  # checked where appliance.yaml was read
+    origin = "APPSDK_KEYS_DIR" if os.environ.get("APPSDK_KEYS_DIR") else "the default key dir"
+    return fields.key_dir(str(default_dir(app.id)), origin, base=Path.cwd(),
+                          overlay=app.overlay)
 
 
 def _path(path: Path) -> str:

@@ -3,6 +3,8 @@ Artifacts are staged and moved into place only when every stage succeeded."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -17,7 +19,7 @@ from .boards import Board, load_board
 from .buildinfo import BUILD_JSON, load_build
 from .config import Appliance, load_appliance
 from .digest import sha256_file
-from .errors import ConfigError, PathError
+from .errors import BuildError, ConfigError, PathError
 from .layout import kernel_cmdline, layout_for
 from .progress import Event, NullReporter, Reporter, stage
 from .runner import Runner
@@ -70,6 +72,16 @@ def build(
     appliance.yaml update.key, else the per-user key directory); `update_url` overrides
     appliance.yaml update.url (e.g. a lab server); `firmware` picks one of the board's
     firmware chains (default: appliance.yaml firmware, else the board's default)."""
+    with contextlib.ExitStack() as claims:  # the output directory's lock, however it ends
+        return _build(source, claims, board=board, version=version, output=output,
+                      reporter=reporter, runner=runner, key_dir=key_dir,
+                      update_url=update_url, firmware=firmware)
+
+
+def _build(source: Path, claims: contextlib.ExitStack, *, board: str | None,
+           version: str | None, output: Path | None, reporter: Reporter | None,
+           runner: Runner | None, key_dir: Path | None, update_url: str | None,
+           firmware: str | None) -> BuildResult:
     reporter = reporter or NullReporter()
     runner = runner or Runner()
     started = time.monotonic()
@@ -88,6 +100,7 @@ def build(
     output = make_output_dir(
         (output or Path(source if Path(source).is_dir() else Path(source).parent) /
          "build" / f"{brd.name}").resolve())
+    claims.callback(os.close, _claim(output))
     work = output / ".work"
     if work.is_symlink() or work.is_file():
         work.unlink()  # never follow a link out of the output directory
@@ -97,9 +110,7 @@ def build(
     staging.mkdir(parents=True)
     layout = layout_for(app, brd)
     base = f"{app.id}_{app.version}"
-    # --keys obeys the rule update.key does: never inside the overlay (it would be imaged).
-    key_home = (fields.key_dir(str(key_dir), "--keys", base=Path.cwd(), overlay=app.overlay)
-                if key_dir else app.update.key or keys.default_dir(app.id))
+    key_home = keys.home_for(app, key_dir)  # never inside the overlay (it would be imaged)
     # A device that updates must carry the public key; so a build with an update URL
     # without the key is an error. Without a URL, sign if a key happens to exist.
     signing = keys.load(key_home, runner) if url or key_home.is_dir() else None
@@ -187,6 +198,21 @@ def build(
     (output / BUILD_JSON).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def _claim(output: Path) -> int:
+    """An exclusive lock on the output directory itself (no lock file to plant a link at):
+    a second build there would delete this one's .work and publish over its artifacts.
+    The lock goes with the returned descriptor."""
+    fd = os.open(output, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BuildError(f"{output}: another build is using this output directory",
+                         file=str(output),
+                         hint="wait for it to finish, or build into another --output") from None
+    return fd
 
 
 def make_output_dir(output: Path) -> Path:

@@ -21,7 +21,7 @@ from .errors import AppsdkError, ConfigError
 from .fields import FieldError, Reader
 from .filepush import PushResult, push_bytes, run_checked
 from .progress import Event, NullReporter, Reporter
-from .stages.update import SUMS
+from .stages.update import SUMS, parse_sums
 
 COMMON = {"login", "hostname", "update_url", "authorized_keys", "credentials", "files"}
 IDENTITY = "/var/lib/appsdk/identity"
@@ -145,6 +145,13 @@ def _file_at(src: Any, root: Path, text: str, where: tuple[Any, ...]) -> Path:
     return path
 
 
+def _public_keys(src: Any, path: Path, where: tuple[Any, ...]) -> Path:
+    try:
+        return fields.authorized_key_file(str(path))
+    except FieldError as exc:
+        raise src.error(where, exc.reason, exc.hint) from None
+
+
 def _device(r: Reader, base: DevicePlan, root: Path, values: dict[str, Any]) -> DevicePlan:
     src = r.src
     files = list(base.files)
@@ -160,8 +167,9 @@ def _device(r: Reader, base: DevicePlan, root: Path, values: dict[str, Any]) -> 
         files.append(FileSpec(_file_at(src, root, fr.text("src"), (*fr.path, "src")), dest,
                               mode))
     keys = base.authorized_keys + tuple(
-        _file_at(src, root, k, (*r.path, "authorized_keys", i))
-        for i, k in enumerate(r.texts("authorized_keys")))
+        _public_keys(src, _file_at(src, root, k, where), where)
+        for i, k in enumerate(r.texts("authorized_keys"))
+        for where in [(*r.path, "authorized_keys", i)])
     creds = dict(base.credentials)
     cr = r.sub("credentials", None)
     for name in cr.data:
@@ -256,6 +264,7 @@ def apply_overrides(plan: DevicePlan, *, hostname: str | None = None, serial: st
     for key in keys:
         if not Path(key).is_file():
             raise FieldError("--authorized-key", f"{str(key)!r} is not a file")
+        fields.authorized_key_file(str(key), "--authorized-key")
     return replace(
         plan, hostname=given(hostname, fields.hostname, "--hostname", plan.hostname),
         serial=given(serial, fields.serial, "--serial", plan.serial),
@@ -325,8 +334,18 @@ def update_files(update_dir: Path) -> list[Path]:
     if not sums.is_file() or not signature.is_file():
         raise ConfigError("not an update directory: needs SHA256SUMS and SHA256SUMS.gpg",
                           file=str(update_dir), hint="use a build or `appsdk release` output")
-    names = [line.split()[-1].lstrip("*") for line in sums.read_text().splitlines() if line]
-    return [update_dir / n for n in names] + [sums, signature]
+    try:
+        text = sums.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 (byte offset {exc.start})", file=str(sums),
+                          hint="use a build or `appsdk release` output") from None
+    # Names, never paths: a line naming /etc/shadow must not push the host's file.
+    files = [update_dir / n for n in parse_sums(text, str(sums))]
+    for path in files:
+        if not path.is_file():
+            raise ConfigError("is listed in SHA256SUMS but is not a file there",
+                              file=str(path), hint="copy the whole update directory")
+    return [*files, sums, signature]
 
 
 def install_local_update(shell: Shell, directory: str = UPDATES) -> str:
@@ -354,6 +373,8 @@ def provision_serial(port: str, plan: DevicePlan, *, baud: int = 115200,
     """Provision one device on `port` (anything pyserial opens). Never raises for a device
     problem: the report says what failed (ok=False, error=...)."""
     reporter = reporter or NullReporter()
+    # Input faults are the caller's, found before a device is waited for or logged in on.
+    updates = update_files(update_dir) if update_dir is not None else []
     report = ProvisionReport(port, plan.serial, plan.hostname)
     start = time.monotonic()
     rate = line_rate or baud / 10
@@ -367,9 +388,7 @@ def provision_serial(port: str, plan: DevicePlan, *, baud: int = 115200,
         pushes: list[tuple[str, bytes, int]] = [
             (dest, data, mode) for dest, (data, mode) in identity_files(plan).items()]
         pushes += [(f.dest, f.src.read_bytes(), f.mode) for f in plan.files]
-        if update_dir is not None:
-            pushes += [(f"{UPDATES}/{p.name}", p.read_bytes(), 0o644)
-                       for p in update_files(update_dir)]
+        pushes += [(f"{UPDATES}/{p.name}", p.read_bytes(), 0o644) for p in updates]
         total = sum(len(d) for _, d, _ in pushes)
         done = 0
         for dest, data, mode in pushes:

@@ -15,6 +15,7 @@ from pathlib import Path
 from .boards import Board, Emulator
 from .cache import cache_root, key_of
 from .errors import CommandFailed, ConfigError, PathError, ToolMissing
+from .gpt import disk_table
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,15 @@ def prepare_disk(image: Path, disk: Path | None, size: int | None) -> Path:
     if disk.exists() and not disk.is_file():
         raise ConfigError("is not a regular file (a disk image is needed)", file=str(disk),
                           field="--disk", hint="give a file name for the working copy")
+    if disk.exists():
+        # An existing file is reused as the VM's writable disk and grown: it must be one.
+        try:
+            disk_table(disk)
+        except ConfigError:
+            raise ConfigError("exists and is not a disk image (no partition table); "
+                              "it would be grown and booted as the VM's disk", field="--disk",
+                              file=str(disk), hint="give a new file name for the working "
+                              "copy, or a copy made by an earlier --disk") from None
     try:
         if not disk.exists():
             disk.parent.mkdir(parents=True, exist_ok=True)

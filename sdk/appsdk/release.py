@@ -286,7 +286,8 @@ def _stage_and_switch(out: Path, previous: dict[str, Entry], new: _Builds,
         for name, entry in files.items():
             if name in previous:
                 _link_checked(out / name, stage / name, entry)
-            elif _copy(new.sources[name], stage / name) != (entry.sha256, entry.size):
+            elif (_copy(new.sources[name], stage / name, entry.size)
+                  != (entry.sha256, entry.size)):
                 raise VerifyFailed(f"{new.sources[name]} does not match its sha256 in "
                                    "build.json", hint="rebuild; the file was changed after "
                                    "the build")
@@ -307,12 +308,31 @@ def _manifest(new: _Builds, files: dict[str, Entry]) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
-def _copy(source: Path, target: Path) -> tuple[str, int]:
+def _open_regular(source: Path) -> int:
+    """A descriptor for `source` if it is a regular file itself: a build directory's name
+    must not publish what a symlink points at (/etc/shadow), nor hang on a FIFO."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        fd = -1
+    if fd < 0 or not stat.S_ISREG(os.fstat(fd).st_mode):
+        if fd >= 0:
+            os.close(fd)
+        raise ConfigError("is not a regular file (a symlink, FIFO, device or directory): "
+                          "release copies only the files a build wrote", file=str(source),
+                          hint="rebuild, or copy the build directory without symlinks")
+    return fd
+
+
+def _copy(source: Path, target: Path, size_limit: int) -> tuple[str, int]:
     """Copy, and return (sha256, size) of the bytes copied: what gets signed is what was
-    checked, even if the source changes meanwhile."""
+    checked, even if the source changes meanwhile. At most one byte more than `size_limit`
+    is copied: enough to tell that the file is not the recorded one."""
     digest, size = hashlib.sha256(), 0
-    with source.open("rb") as src, target.open("xb") as dst:
-        while chunk := src.read(CHUNK):
+    with os.fdopen(_open_regular(source), "rb") as src, target.open("xb") as dst:
+        while chunk := src.read(min(CHUNK, size_limit + 1 - size)):
             digest.update(chunk)
             dst.write(chunk)
             size += len(chunk)
@@ -331,7 +351,7 @@ def _link_checked(published: Path, target: Path, entry: Entry) -> None:
         os.link(published, target, follow_symlinks=False)
         found = sha256_file(target), target.stat().st_size
     except OSError:  # no hard links here (or not allowed): copy
-        found = _copy(published, target)
+        found = _copy(published, target, entry.size)
     if found != (entry.sha256, entry.size):
         raise VerifyFailed(f"{published} no longer matches the sha256 it was released with",
                            hint=_EDITED)

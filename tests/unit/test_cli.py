@@ -108,7 +108,7 @@ def test_usage_error_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_library_error_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "disk.img").write_bytes(bytes(4096))
+    (tmp_path / "disk.img").write_bytes(bytes(510) + b"\x55\xaa" + bytes(3584))  # an MBR
     code = cli.main(["verify", str(tmp_path / "disk.img"), str(tmp_path / "nodev"), "--json"])
     out, err = capsys.readouterr()
     record = json.loads(out)
