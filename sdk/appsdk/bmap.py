@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .inputfile import open_regular
 
 BLOCK_SIZE = 4096
 MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 512, 1024 * 1024
@@ -191,7 +192,7 @@ def _fail(path: Path, message: str, hint: str = HINT) -> ConfigError:
 
 def _read(path: Path) -> bytes:
     try:
-        with path.open("rb") as f:
+        with open_regular(path, "bmap file") as f:
             return f.read(MAX_FILE + 1)
     except OSError as exc:
         raise _fail(path, f"cannot read the bmap: {exc.strerror or exc}") from None

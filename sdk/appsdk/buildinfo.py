@@ -13,6 +13,7 @@ from typing import Any
 
 from .config import ID_PATTERN, VERSION_PATTERN
 from .errors import ConfigError
+from .inputfile import open_regular
 
 BUILD_JSON = "build.json"
 MAX_BYTES = 4 * 1024 * 1024  # a real build.json is a few KiB
@@ -144,7 +145,7 @@ def load_build(path: Path) -> dict[str, Any]:
     """Read and check build.json of a build directory (or the file itself)."""
     file = path / BUILD_JSON if path.is_dir() else path
     try:
-        with file.open("rb") as f:
+        with open_regular(file, "build.json") as f:
             raw = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError("no build.json: not a finished build directory", file=str(file),

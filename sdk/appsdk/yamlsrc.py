@@ -25,6 +25,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.resolver import BaseResolver
 
 from .errors import ConfigError
+from .inputfile import open_regular
 
 FieldPath = tuple[str | int, ...]
 
@@ -190,7 +191,7 @@ def _walk(node: yaml.Node, path: FieldPath, lines: dict[FieldPath, int]) -> None
 
 def _read(path: Path) -> bytes:
     try:
-        with path.open("rb") as file:
+        with open_regular(path, "YAML file") as file:
             raw = file.read(MAX_BYTES + 1)  # bounded: a huge file or /dev/zero stops here
     except FileNotFoundError:
         raise ConfigError("file not found", file=str(path)) from None

@@ -128,12 +128,12 @@ def test_a_50_mb_file_is_refused_fast(tmp_path: Path) -> None:
     start = time.monotonic()
     with pytest.raises(ConfigError, match="larger than 1024 KiB") as info:
         load_appliance(path)
-    assert time.monotonic() - start < 0.5
+    assert time.monotonic() - start < 5  # it is refused by size, not parsed (minutes)
     assert str(path) in str(info.value)
 
 
 @pytest.mark.parametrize("make, words", [
-    (lambda p: p.mkdir(), "cannot read"),
+    (lambda p: p.mkdir(), "is a directory, not YAML file"),
     (lambda p: None, "file not found"),
 ])
 def test_unreadable_paths(tmp_path: Path, make: Any, words: str) -> None:
