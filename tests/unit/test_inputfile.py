@@ -4,28 +4,20 @@ keys, inspect, flash, verify, release, run and provision serial)."""
 from __future__ import annotations
 
 import os
-import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from test_adversarial import deadline
 
 from appsdk import bmap, buildinfo, yamlsrc
 from appsdk.errors import ConfigError
 from appsdk.inputfile import open_regular
 
+__all__ = ["deadline"]  # a fixture, imported for pytest
 
-@pytest.fixture(autouse=True)
-def no_hang() -> Iterator[None]:
-    def hung(*_: Any) -> None:
-        raise AssertionError("reading the input blocked")
 
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(5)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+pytestmark = pytest.mark.usefixtures("deadline")  # fail, never hang
 
 
 READERS: dict[str, Callable[[Path], object]] = {
