@@ -122,10 +122,18 @@ def run_scenario(name: str, v1: appsdk.BuildResult, key: keys.SigningKey, port: 
         vm.shell.send("sync; systemctl poweroff")
         vm.wait_exit(120)
 
-    for attempt in range(1, 7):
+    for attempt in range(1, 9):
         started = time.monotonic()
         with vm_boot(disk, vars_fd, logs, f"rollback-{name}-{attempt}") as vm:
             version, outcome = watch_boot(vm, V1_UP, timeout=900)
+            if outcome == "early-panic":
+                # QEMU 7.2's TCG race (FIELD-NOTES), before the initrd: on a trial boot of
+                # v2, systemd-boot has already counted the try, and the boot did not come
+                # up: for the device that is a reset. On v1 nothing was counted: boot again.
+                print(f"rollback-{name}-{attempt}: emulator panic before the initrd")
+                if version == "1.0":
+                    continue
+                outcome = "reset"
             result["boots"].append((version, outcome))
             # Figures for bench/rollback_times.py, never asserted.
             timings.append({"version": version, "outcome": outcome,

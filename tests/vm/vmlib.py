@@ -97,12 +97,17 @@ def ovmf_vars(directory: Path) -> Path:
 def watch_boot(vm: Vm, up_pattern: str, timeout: float = 600) -> tuple[str, str]:
     """Follow one boot: which /usr slot its UKI names, and whether it came up (`up_pattern`
     on the console) or the machine went away (reset, reboot or power-off: QEMU exits with
-    -no-reboot). Returns (version, "up" | "reset")."""
+    -no-reboot). Returns (version, "up" | "reset" | "early-panic")."""
     import re
 
     # The trailing \s matters: the line arrives in pieces, and \S+ alone would match "2.".
     version = vm.shell.expect(r"verity_usr_data=/dev/disk/by-partlabel/usr_(\S+)\s",
                               300).group(1)
+    # The emulator's own early panic (see `running`) hangs the machine before anything of
+    # the image runs, with no watchdog armed yet: say so at once instead of timing out.
+    if vm.shell.expect(f"{KERNEL_UP}|{EARLY_PANIC}", 300).group(0) == EARLY_PANIC:
+        vm.proc.kill()
+        return version, "early-panic"
     deadline = time.monotonic() + timeout
     pattern = re.compile(up_pattern)
     while time.monotonic() < deadline:
