@@ -27,11 +27,11 @@ GiB = 1024**3
 UP = r"appsdk: IMAGE_ID=hello IMAGE_VERSION=\S+ booted"
 UKI_ACQUIRE = r"Acquiring \S*hello_2\.0\.efi\.xz"
 SUCCESS = r"Successfully installed update '2\.0'"
-# (name, console line that starts the clock, seconds after it)
+# (name, console line that starts the clock, seconds after it). A cut 10 s after success
+# passed too (stop 11); it is left out to keep the suite inside CI's time.
 MOMENTS = (
     ("uki-download", UKI_ACQUIRE, 2.0),
     ("at-success", SUCCESS, 0.0),
-    ("success+10s", SUCCESS, 10.0),
     ("success+30s", SUCCESS, 30.0),
 )
 
