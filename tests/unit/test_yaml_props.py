@@ -12,6 +12,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_provision_plan import PLAN
 
 from appsdk import yamlsrc
 from appsdk.config import load_appliance
@@ -20,22 +21,6 @@ from appsdk.provision_serial import load_plan
 
 REPO = Path(__file__).resolve().parents[2]
 HELLO = (REPO / "examples/hello/appliance.yaml").read_text()
-PLAN = """\
-plan: 1
-hostname: dev-{serial}
-update_url: https://u.example.com/{vars.channel}/
-authorized_keys: [k.pub]
-credentials: {token: tok}
-files:
-  - {src: blob, dest: "/var/lib/app/{serial}.bin", mode: "0600"}
-devices:
-  - serial: A1
-    vars: {channel: beta}
-  - serial: B2
-    hostname: bench
-    vars: {channel: stable}
-    login: {user: admin, password: pw}
-"""
 
 
 def parse(text: str) -> Any:
