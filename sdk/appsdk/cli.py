@@ -491,6 +491,8 @@ def cmd_release(args: argparse.Namespace) -> int:
     from .runner import Runner
 
     runner = Runner()
+    if not args.builds:  # argparse drops "--" tokens: `release OUT --` has no build left
+        raise UsageError("release needs at least one BUILD_DIR", flag="BUILD_DIR")
     home = args.keys or default_dir(load_build(args.builds[0])["id"])
     result = release(args.out, list(args.builds), keys.load(home, runner), runner)
     if args.json:
