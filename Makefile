@@ -2,7 +2,7 @@
 PYTHON ?= python3
 APT_PACKAGES = mmdebstrap bubblewrap qemu-system-x86 qemu-system-arm qemu-user-static ovmf \
                mtools dosfstools fdisk bmap-tools xz-utils zstd gnupg debian-archive-keyring \
-               ca-certificates umockdev e2fsprogs util-linux mount arch-test
+               ca-certificates umockdev e2fsprogs util-linux mount arch-test python3-pip
 BINFMT = /proc/sys/fs/binfmt_misc
 
 .PHONY: deps binfmt demo test unit vm device lint bench
@@ -10,7 +10,8 @@ BINFMT = /proc/sys/fs/binfmt_misc
 deps:  ## install what appsdk and its tests need (apt + pip)
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES)
-	$(PYTHON) -m pip install -q -e '.[test]'
+	# Debian's own python3 refuses system-wide pip installs (PEP 668) unless told.
+	PIP_BREAK_SYSTEM_PACKAGES=1 $(PYTHON) -m pip install -q -e '.[test]'
 	$(MAKE) binfmt
 
 # arm64 images are built on x86-64 hosts by running arm64 binaries under qemu-user. systemd

@@ -49,6 +49,7 @@ HOST_TOOLS = (
     HostTool("mkfs.ext4", "e2fsprogs", "update media for the serial VM test", True),
     HostTool("blkid", "util-linux", "filesystem labels on flashed disks", True),
     HostTool("findmnt", "util-linux", "what is mounted", True),
+    HostTool("partx", "util-linux", "partition nodes of loop devices in device tests", True),
     HostTool("mount", "mount", "mounts a flashed /var to check it", True),
 )
 

@@ -3,9 +3,13 @@ PATH stubs for the commands that would touch the system (hostname, systemctl, mo
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
+import tempfile
+import zlib
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -14,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_pe import tiny_pe
 
+from appsdk.pe import sections
 from appsdk.provision_serial import install_local_update
 
 DEVICE = Path(str(resources.files("appsdk") / "data" / "device"))
@@ -338,6 +343,273 @@ def test_esp_stays_writable_while_another_writer_holds_it(dev: Device) -> None:
     assert dev.log()[-1].endswith(f"remount,ro,async {dev.root / 'efi'}")
     assert dev.run("appsdk-esp", "ro", "systemd-sysupdate.service").returncode == 0
     assert dev.run("appsdk-esp", "rw", "../x").returncode == 2
+
+
+# --- appsdk-update: a damaged /usr slot is found and freed for the next update -----------
+
+def lib(dev: Device, *call: str) -> subprocess.CompletedProcess[bytes]:
+    """One function of appsdk-lib, called with its arguments."""
+    return subprocess.run(["bash", "-c", '. "$APPSDK_ROOT/usr/lib/appsdk/appsdk-lib"; "$@"',
+                           "lib", *call], env=dev.env(), capture_output=True, timeout=30,
+                          check=False)
+
+
+HASH = {"1.0": "a1" * 32, "2.0": "b2" * 32}
+
+
+def signed_uki(dev: Device, name: str, cmdline: bytes) -> Path:
+    return tiny_pe(dev.root / "efi/EFI/Linux" / name,
+                   {".osrel": b"IMAGE_VERSION=x\n", ".cmdline": cmdline, ".linux": bytes(700)})
+
+
+def test_pe_section_and_uki_usrhash(dev: Device) -> None:
+    cmdline = f"root=tmpfs usrhash={HASH['2.0']} quiet\n\0".encode()
+    uki_path = signed_uki(dev, "hello_2.0.efi", cmdline)
+    found = sections(uki_path)[".cmdline"]
+    out = lib(dev, "pe_section", str(uki_path), ".cmdline")
+    assert out.stdout.decode().split() == [str(found.offset), str(len(cmdline))]
+    assert lib(dev, "pe_section", str(uki_path), ".dtb").returncode == 1
+    assert lib(dev, "uki_usrhash", str(uki_path)).stdout.decode() == HASH["2.0"] + "\n"
+    uki_path.write_bytes(uki_path.read_bytes()[:found.offset + 10])  # cut short
+    assert lib(dev, "pe_section", str(uki_path), ".cmdline").returncode == 1
+
+
+@pytest.mark.parametrize("cmdline", [
+    b"root=tmpfs", b"usrhash=" + b"a" * 63, b"usrhash=" + b"g" * 64,
+    b"usrhash=" + b"a" * 64 + b" usrhash=" + b"b" * 64, b"usrhash= " + b"a" * 64])
+def test_uki_usrhash_wants_exactly_one_hash(dev: Device, cmdline: bytes) -> None:
+    assert lib(dev, "uki_usrhash", str(signed_uki(dev, "x.efi", cmdline))).returncode == 1
+
+
+SLOTS = ["esp", "usr_1.0", "verity_1.0", "usr_2.0", "verity_2.0", "var"]
+
+
+@functools.cache
+def gpt_bytes() -> bytes:
+    """A GPT disk image as the host's sfdisk writes it, one 1 MiB partition per slot label
+    (made once: sfdisk syncs what it writes)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "disk.img"
+        with path.open("wb") as f:
+            f.truncate(8 * 1024 * 1024)
+        script = "label: gpt\n" + "".join(f"size=1M, name={label}\n" for label in SLOTS)
+        subprocess.run(["sfdisk", "-q", str(path)], input=script.encode(), check=True)
+        return path.read_bytes()
+
+
+def gpt_image(path: Path) -> Path:
+    path.write_bytes(gpt_bytes())
+    return path
+
+
+def gpt_labels(path: Path) -> list[str]:
+    """The partition names as sfdisk reads them, after checking both GPTs are intact."""
+    check = subprocess.run(["sfdisk", "--verify", str(path)], capture_output=True, text=True,
+                           check=False)
+    assert check.returncode == 0 and "No errors" in check.stdout, check.stdout + check.stderr
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(path)], capture_output=True,
+                                      check=True).stdout)["partitiontable"]
+    return [p.get("name", "") for p in table["partitions"]]
+
+
+def test_gpt_set_label_changes_one_name_in_both_gpts(dev: Device) -> None:
+    disk = gpt_image(dev.root / "disk.img")
+    before = disk.read_bytes()
+    result = lib(dev, "gpt_set_label", str(disk), "4", "_empty")
+    assert result.returncode == 0, result.stderr
+    assert gpt_labels(disk) == ["esp", "usr_1.0", "verity_1.0", "_empty", "verity_2.0", "var"]
+    after = disk.read_bytes()
+    # Only the two copies of one entry's name and the four CRC32s changed.
+    changed = [i for i in range(len(before)) if before[i] != after[i]]
+    entry = [512 * 2 + 3 * 128 + 56, len(after) - 33 * 512 + 3 * 128 + 56]
+    crcs = [512 + 16, 512 + 88, len(after) - 512 + 16, len(after) - 512 + 88]
+    allowed = {o + i for o in entry for i in range(72)} | {o + i for o in crcs for i in range(4)}
+    assert changed and set(changed) <= allowed
+    # The backup holds the new name too: with the primary gone, sfdisk reads it from there.
+    disk.write_bytes(after[:512] + bytes(512) + after[1024:])
+    table = subprocess.run(["sfdisk", "-J", str(disk)], capture_output=True, check=False)
+    assert b'"name": "_empty"' in table.stdout, table.stderr
+
+
+def with_crc(image: bytearray, header: int, offset: int, value: bytes) -> None:
+    """value written into the GPT header at byte `header`, its CRC32 made to match again."""
+    image[header + offset:header + offset + len(value)] = value
+    size = int.from_bytes(image[header + 12:header + 16], "little")
+    image[header + 16:header + 20] = bytes(4)
+    crc = zlib.crc32(bytes(image[header:header + size]))
+    image[header + 16:header + 20] = crc.to_bytes(4, "little")
+
+
+def bad_primary_crc(image: bytearray) -> None:
+    image[512 + 60] ^= 1  # a byte of the disk GUID
+
+
+def bad_backup_crc(image: bytearray) -> None:
+    image[len(image) - 512 + 60] ^= 1
+
+
+def bad_entry_crc(image: bytearray) -> None:
+    image[1024 + 128 + 60] ^= 1  # a name byte of partition 2, in the primary array
+
+
+def entry_size_256(image: bytearray) -> None:
+    with_crc(image, 512, 84, (256).to_bytes(4, "little"))
+
+
+def no_signature(image: bytearray) -> None:
+    image[512:520] = b"EFI PARX"
+
+
+@pytest.mark.parametrize(("damage", "number", "label", "said"), [
+    (bad_primary_crc, "2", "x", "does not match its CRC32"),
+    (bad_backup_crc, "2", "x", "does not match its CRC32"),
+    (bad_entry_crc, "2", "x", "partition entries do not match"),
+    (entry_size_256, "2", "x", "256-byte entries"),
+    (no_signature, "2", "x", "no GPT signature"),
+    (None, "0", "x", "no partition 0"),
+    (None, "7", "x", "no partition 7"),  # an unused entry
+    (None, "129", "x", "no partition 129"),
+    (None, "2x", "x", "no partition 2x"),
+    (None, "2", "usr_\u00e9", "not a partition name"),
+    (None, "2", "a b", "not a partition name"),
+    (None, "2", "", "not a partition name"),
+    (None, "2", "a" * 37, "not a partition name"),
+])
+def test_gpt_set_label_refuses_and_leaves_the_disk_as_it_was(
+        dev: Device, damage: Callable[[bytearray], None] | None, number: str, label: str,
+        said: str) -> None:
+    disk = gpt_image(dev.root / "disk.img")
+    image = bytearray(disk.read_bytes())
+    if damage:
+        damage(image)
+        disk.write_bytes(bytes(image))
+    result = lib(dev, "gpt_set_label", str(disk), number, label)
+    assert result.returncode == 1
+    assert said in result.stderr.decode(), result.stderr
+    assert disk.read_bytes() == image
+
+
+@pytest.fixture(scope="module")
+def gpt_dev(tmp_path_factory: pytest.TempPathFactory) -> Device:
+    return Device(tmp_path_factory.mktemp("gpt"))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-",
+               min_size=1, max_size=36).filter(lambda s: s not in (".", "..")),
+       st.integers(1, len(SLOTS)))
+def test_gpt_set_label_round_trips_through_sfdisk(gpt_dev: Device, label: str,
+                                                  number: int) -> None:
+    disk = gpt_image(gpt_dev.root / "disk.img")
+    assert lib(gpt_dev, "gpt_set_label", str(disk), str(number), label).returncode == 0
+    expected = list(SLOTS)
+    expected[number - 1] = label
+    assert gpt_labels(disk) == expected
+
+
+VERITYSETUP_STUB = """#!/bin/bash
+# attach NAME DATA HASH ROOTHASH: the fake slot DATA holds the root hash it matches. A slot
+# that does not match reads as EIO (a dangling /dev/mapper entry), as under dm-verity.
+echo "veritysetup $1 $2" >> "$APPSDK_ROOT/log"
+mapper=$APPSDK_ROOT/dev/mapper
+case $1 in
+    attach) [ ! -e "$APPSDK_ROOT/attach-fails" ] || exit 1
+            if [ "$(cat "$3")" = "$5" ]; then echo data > "$mapper/$2"
+            else ln -s "$mapper/gone" "$mapper/$2"; fi ;;
+    detach) rm -f "$mapper/$2" ;;
+esac
+"""
+
+
+def slotted(dev: Device) -> Path:
+    """The fake root with a disk vdb (a GPT image) whose partitions udev and sysfs list as
+    they do on a device; the slot files vdbN hold the root hash their version matches."""
+    dev.put("mounted", b"")
+    dev.write_exe(dev.root / "usr/lib/systemd/systemd-veritysetup", VERITYSETUP_STUB)
+    (dev.root / "dev/mapper").mkdir()
+    disk = gpt_image(dev.root / "dev/vdb")
+    for number, label in enumerate(SLOTS, 1):
+        version = label.partition("_")[2]
+        dev.put(f"dev/vdb{number}", HASH.get(version, "").encode())
+        dev.put(f"sys/devices/virtio0/block/vdb/vdb{number}/partition", f"{number}\n".encode())
+        (dev.root / f"sys/class/block/vdb{number}").parent.mkdir(parents=True, exist_ok=True)
+        (dev.root / f"sys/class/block/vdb{number}").symlink_to(
+            f"../../devices/virtio0/block/vdb/vdb{number}")
+        (dev.root / "dev/disk/by-partlabel" / label).symlink_to(f"../../vdb{number}")
+    for name, version in (("hello_1.0.efi", "1.0"), ("hello_2.0+3-0.efi", "2.0")):
+        signed_uki(dev, name, f"root=tmpfs usrhash={HASH[version]}\0".encode())
+    return disk
+
+
+def test_update_frees_a_damaged_slot_so_its_version_is_installed_again(dev: Device) -> None:
+    disk = slotted(dev)
+    dev.put("dev/vdb4", b"bytes changed after sysupdate wrote the slot")
+    dev.put("dev/vdb2", b"the running slot: never checked")
+    result = update(dev, "update")
+    assert result.returncode == 0, result.stderr
+    said = result.stderr.decode()
+    assert ("usr_2.0 does not match the root hash its UKI was signed with: marking slot 2.0 "
+            "empty so this update installs it again") in said
+    assert gpt_labels(disk) == ["esp", "usr_1.0", "verity_1.0", "_empty", "_empty", "var"]
+    assert sorted(p.name for p in (dev.root / "efi/EFI/Linux").iterdir()) == ["hello_1.0.efi"]
+    log = dev.log()
+    assert log.index("veritysetup detach appsdk-check-2.0") < log.index("sysupdate update")
+    assert not any("check-1.0" in line for line in log)
+    assert list((dev.root / "dev/mapper").iterdir()) == []
+
+
+def test_update_leaves_a_good_slot_alone(dev: Device) -> None:
+    disk = slotted(dev)
+    dev.put("dev/mapper/appsdk-check-2.0", b"left by a run that was cut")
+    before = disk.read_bytes()
+    result = update(dev, "update")
+    assert result.returncode == 0, result.stderr
+    assert b"does not match" not in result.stderr
+    assert disk.read_bytes() == before
+    assert (dev.root / "efi/EFI/Linux/hello_2.0+3-0.efi").exists()
+    assert [line for line in dev.log() if line.startswith("veritysetup")] == [
+        "veritysetup detach appsdk-check-2.0", "veritysetup attach appsdk-check-2.0",
+        "veritysetup detach appsdk-check-2.0"]
+    assert list((dev.root / "dev/mapper").iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["attach-fails", "no-usrhash", "no-verity"])
+def test_update_frees_a_slot_it_cannot_check(dev: Device, how: str) -> None:
+    disk = slotted(dev)
+    if how == "no-usrhash":
+        signed_uki(dev, "hello_2.0+3-0.efi", b"root=tmpfs\0")
+    elif how == "no-verity":
+        (dev.root / "dev/disk/by-partlabel/verity_2.0").unlink()
+    else:
+        dev.put(how, b"")
+    result = update(dev, "update")
+    assert result.returncode == 0, result.stderr
+    assert b"usr_2.0 does not match" in result.stderr
+    assert gpt_labels(disk)[3] == "_empty"
+    assert not (dev.root / "efi/EFI/Linux/hello_2.0+3-0.efi").exists()
+
+
+def test_update_runs_when_the_slot_cannot_be_relabelled(dev: Device) -> None:
+    disk = slotted(dev)
+    dev.put("dev/vdb4", b"damaged")
+    shutil.rmtree(dev.root / "sys/devices/virtio0/block/vdb/vdb5")  # verity_2.0 not in sysfs
+    result = update(dev, "update")
+    assert result.returncode == 0, result.stderr
+    assert b"could not label verity_2.0 _empty" in result.stderr
+    assert gpt_labels(disk)[3:5] == ["_empty", "verity_2.0"]
+    assert "sysupdate update" in dev.log()
+
+
+def test_update_checks_no_slot_without_a_uki_or_for_a_verb_that_only_reads(
+        dev: Device) -> None:
+    disk = slotted(dev)
+    dev.put("dev/vdb4", b"damaged")
+    before = disk.read_bytes()
+    assert update(dev, "list").returncode == 0
+    (dev.root / "efi/EFI/Linux/hello_2.0+3-0.efi").unlink()
+    assert update(dev, "update").returncode == 0
+    assert disk.read_bytes() == before
+    assert not any(line.startswith("veritysetup") for line in dev.log())
 
 
 # --- install_local_update ----------------------------------------------------------------
