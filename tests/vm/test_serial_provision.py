@@ -2,7 +2,8 @@
 like a serial line (rate limit, dropped and flipped bytes). Boot 1: `appsdk provision
 serial` with a plan (identity, a 300 KB binary file, an ssh key, a credential, an update
 URL), then pushes over a noisy line. Boot 2 (a cold restart of the same disk): everything
-is still there and the hostname is in effect."""
+is still there and the hostname is in effect; then v2 is installed from files on the
+device. Boot 3: v2 runs with the identity as provisioned."""
 
 from __future__ import annotations
 
@@ -47,12 +48,23 @@ devices:
 """
 
 
-def boot(disk: Path, vars_fd: Path, logs: Path, name: str) -> tuple[Vm, LineProxy]:
+def boot(disk: Path, vars_fd: Path, logs: Path, name: str,
+         extra: tuple[str, ...] = ()) -> tuple[Vm, LineProxy]:
     qemu_port = free_port()
     spec = VmSpec(board=load_board("x86-uefi"), disk=disk, snapshot=False,
                   serial_port=qemu_port, accel="tcg", no_reboot=True, vars_file=vars_fd)
     proxy = LineProxy(qemu_port, seed=42, rate=UART_RATE)
-    return Vm(qemu_argv(spec), proxy.port, logs, name), proxy
+    return Vm(qemu_argv(spec) + list(extra), proxy.port, logs, name), proxy
+
+
+def updates_disk(v2: appsdk.BuildResult, key: appsdk_keys.SigningKey, work: Path) -> Path:
+    """v2's signed release on a disk of its own: the files `provision serial --update`
+    would have pushed (130 MB over an emulated UART takes most of an hour)."""
+    rel = release(work / "rel", [v2.output], key, Runner()).directory
+    updates = work / "updates.img"
+    subprocess.run(["mkfs.ext4", "-q", "-L", "updates", "-d", str(rel), str(updates), "400M"],
+                   check=True)
+    return updates
 
 
 def reconnect(vm: Vm, proxy: LineProxy, logs: Path, name: str) -> Shell:
@@ -63,7 +75,8 @@ def reconnect(vm: Vm, proxy: LineProxy, logs: Path, name: str) -> Shell:
 
 
 @pytest.fixture(scope="module")
-def provisioned(hello_v1: appsdk.BuildResult, tmp_path_factory: pytest.TempPathFactory,
+def provisioned(hello_v1: appsdk.BuildResult, hello_v2: appsdk.BuildResult,
+                signing_key: appsdk_keys.SigningKey, tmp_path_factory: pytest.TempPathFactory,
                 vm_logs: Path) -> dict[str, object]:
     work = tmp_path_factory.mktemp("serial")
     blob = os.urandom(300 * 1024)
@@ -119,7 +132,10 @@ def provisioned(hello_v1: appsdk.BuildResult, tmp_path_factory: pytest.TempPathF
         vm.close()
         proxy.close()
 
-    vm, proxy = boot(disk, vars_fd, vm_logs, "serial-boot2")
+    updates = updates_disk(hello_v2, signing_key, work)
+    extra = ("-drive", f"if=none,id=upd,format=raw,readonly=on,file={updates}",
+             "-device", "virtio-blk-pci,drive=upd")
+    vm, proxy = boot(disk, vars_fd, vm_logs, "serial-boot2", extra)
     try:
         sh = vm.shell
         sh.expect(BANNER, 300)
@@ -133,7 +149,10 @@ def provisioned(hello_v1: appsdk.BuildResult, tmp_path_factory: pytest.TempPathF
         facts["transfer"] = sh.output("grep ^Path=http /etc/sysupdate.d/50-usr.transfer")
         facts["status"] = json.loads(sh.output("appsdk-status --json"))
         facts["machine_id"] = sh.output("cat /etc/machine-id")
-        sh.send("systemctl poweroff")
+        # The on-device half of `provision serial --update`, from the second disk.
+        sh.output("mkdir -p /mnt/upd && mount -o ro LABEL=updates /mnt/upd")
+        facts["install"] = install_local_update(sh, "/mnt/upd")
+        sh.send("umount /mnt/upd; sync; systemctl poweroff")
         vm.wait_exit(120)
     finally:
         vm.close()
@@ -194,41 +213,23 @@ def test_hopeless_line_fails_clearly_and_installs_nothing(
 
 
 def test_update_installs_from_files_and_identity_survives_it(
-        provisioned: dict[str, object], hello_v2: appsdk.BuildResult,
-        signing_key: appsdk_keys.SigningKey, tmp_path: Path, vm_logs: Path) -> None:
-    """The on-device half of `provision serial --update`, on the device provisioned above:
-    artifacts already on the device (here on a second disk, since pushing 130 MB over an
-    emulated UART takes most of an hour) are installed by systemd-sysupdate from file://,
-    signature checked; the device then boots the new version with its identity (hostname,
-    serial, machine-id, ssh key, credential, update URL) as provisioned."""
-    rel = release(tmp_path / "rel", [hello_v2.output], signing_key, Runner()).directory
-    updates = tmp_path / "updates.img"
-    subprocess.run(["mkfs.ext4", "-q", "-L", "updates", "-d", str(rel), str(updates), "400M"],
-                   check=True)
+        provisioned: dict[str, object], vm_logs: Path) -> None:
+    """The on-device half of `provision serial --update`, on the device provisioned above
+    (boot 2): artifacts already on the device are installed by systemd-sysupdate from
+    file://, signature checked; the device then boots the new version with its identity
+    (hostname, serial, machine-id, ssh key, credential, update URL) as provisioned."""
+    out = str(provisioned["install"])
+    assert "Pulling 'file:///mnt/upd/SHA256SUMS'" in out
+    assert "Signature verification succeeded." in out
+    assert "Successfully installed update '2.0'." in out
     disk, vars_fd = provisioned["disk"], provisioned["vars"]
     assert isinstance(disk, Path) and isinstance(vars_fd, Path)
-    extra = ["-drive", f"if=none,id=upd,format=raw,readonly=on,file={updates}",
-             "-device", "virtio-blk-pci,drive=upd"]
 
     def start(name: str) -> Vm:
         port = free_port()
         spec = VmSpec(board=load_board("x86-uefi"), disk=disk, snapshot=False,
                       serial_port=port, accel="tcg", no_reboot=True, vars_file=vars_fd)
-        return Vm(qemu_argv(spec) + extra, port, vm_logs, name)
-
-    vm = start("serial-update1")
-    try:
-        vm.shell.expect(BANNER, 300)
-        vm.shell.attach()
-        vm.shell.output("mkdir -p /mnt/upd && mount -o ro LABEL=updates /mnt/upd")
-        out = install_local_update(vm.shell, "/mnt/upd")
-        vm.shell.send("umount /mnt/upd; sync; systemctl poweroff")
-        vm.wait_exit(120)
-    finally:
-        vm.close()
-    assert "Pulling 'file:///mnt/upd/SHA256SUMS'" in out
-    assert "Signature verification succeeded." in out
-    assert "Successfully installed update '2.0'." in out
+        return Vm(qemu_argv(spec), port, vm_logs, name)
 
     vm = start("serial-update2")
     try:
