@@ -1,8 +1,8 @@
 """Boot confirmation, proven in QEMU: a v1 device updates to a bad v2 and gives it its 3
 boot tries. v2 fails in a different way on each try, chosen by the try systemd-boot counts
 (LoaderBootCountPath): on the first its health check fails, on the second the kernel
-panics (panic=0: only the hardware watchdog resets it), on the third its check never ends
-(the boot deadline resets it). Then systemd-boot falls back to v1 by itself, and
+panics (panic=0: only the hardware watchdog resets it), on the third it never confirms (a
+unit before boot-complete.target hangs: the boot deadline resets it). Then systemd-boot falls back to v1 by itself, and
 appsdk-status on v1 reports v2 as failed. Each outcome is read off the console.
 
 One build and one update for the three ways a trial boot fails (three builds and three
@@ -42,27 +42,29 @@ echo "test-v2: try $try: $mode" > /dev/console
 echo "$mode"
 """
 
+# The health check fails only in mode fail (its 5 s of retries run out); otherwise it passes
+# and what stops the boot is the unit below.
 CHECK = """#!/bin/bash
+[ "$(/usr/libexec/test-v2-mode)" != fail ]
+"""
+
+BLOCK = """#!/bin/bash
 case $(/usr/libexec/test-v2-mode) in
-    fail) exit 1 ;;
-    *) exec sleep 100000 ;;  # panic: the kernel goes first; hang: the deadline resets
+    panic) sleep 2; echo c > /proc/sysrq-trigger ;;  # panic=0: only the watchdog resets
+    hang) exec sleep infinity ;;  # boot-complete.target never comes: the deadline resets
 esac
+exit 0
 """
 
-PANIC = """#!/bin/bash
-[ "$(/usr/libexec/test-v2-mode)" = panic ] || exit 0
-sleep 2
-echo c > /proc/sysrq-trigger
-"""
-
-PANIC_UNIT = """[Unit]
-Description=test: crash the kernel before the boot is confirmed (panic=0: nothing reboots it)
-# A hang after boot-complete.target would come after systemd-bless-boot: too late to count.
+BLOCK_UNIT = """[Unit]
+Description=test: crash or hang before the boot is confirmed, as the boot try says
+# A crash or hang after boot-complete.target would come after systemd-bless-boot: too late.
 Before=boot-complete.target
 
 [Service]
 Type=oneshot
-ExecStart=/usr/libexec/test-v2-panic
+TimeoutStartSec=infinity
+ExecStart=/usr/libexec/test-v2-block
 
 [Install]
 WantedBy=multi-user.target
@@ -74,15 +76,15 @@ def bad_v2(tmp: Path) -> Path:
     shutil.copytree(REPO / "examples/hello", app, ignore=shutil.ignore_patterns("build"))
     config = yaml.safe_load((app / "appliance.yaml").read_text())
     config["kernel"]["cmdline"] = "panic=0"
-    config["services"] = [*config["services"], "test-panic.service"]
+    config["services"] = [*config["services"], "test-block.service"]
     config["health"] = [{"name": "by-try", "command": "/usr/libexec/test-v2-check",
-                         "timeout": 3000}]
+                         "timeout": 5}]
     config["boot"] = {"deadline": 120}
     (app / "appliance.yaml").write_text(yaml.safe_dump(config))
     for rel, text, mode in (("usr/libexec/test-v2-mode", MODE, 0o755),
                             ("usr/libexec/test-v2-check", CHECK, 0o755),
-                            ("usr/libexec/test-v2-panic", PANIC, 0o755),
-                            ("usr/lib/systemd/system/test-panic.service", PANIC_UNIT, 0o644)):
+                            ("usr/libexec/test-v2-block", BLOCK, 0o755),
+                            ("usr/lib/systemd/system/test-block.service", BLOCK_UNIT, 0o644)):
         path = app / "overlay" / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
