@@ -5,7 +5,7 @@ APT_PACKAGES = mmdebstrap bubblewrap qemu-system-x86 qemu-system-arm qemu-user-s
                ca-certificates umockdev e2fsprogs util-linux mount arch-test python3-pip
 BINFMT = /proc/sys/fs/binfmt_misc
 
-.PHONY: deps binfmt demo test unit vm device lint bench
+.PHONY: deps binfmt demo test unit vm device dist lint bench
 
 deps:  ## install what appsdk and its tests need (apt + pip)
 	apt-get update -qq
@@ -28,8 +28,8 @@ demo: deps  ## build examples/hello and boot it in QEMU (console on this termina
 	appsdk run examples/hello/build/x86-uefi --disk examples/hello/build/demo-disk.img \
 	  --disk-size 6G --forward 8080:8080
 
-test: deps  ## lint, unit tests, then VM tests (builds and boots real images)
-	$(PYTHON) -m pytest -m 'vm or device or not (vm or device)'
+test: deps  ## lint, unit, wheel, loop-device and VM tests (builds and boots real images)
+	$(PYTHON) -m pytest -m 'vm or device or dist or not (vm or device or dist)'
 
 unit:  ## fast tests only (no root, no network)
 	$(PYTHON) -m pytest
@@ -39,6 +39,9 @@ vm:
 
 device:  ## flash tests on loop devices (root)
 	$(PYTHON) -m pytest -m device
+
+dist:  ## build the wheel, install it in a fresh venv, run it away from the checkout
+	$(PYTHON) -m pytest -m dist
 
 bench: deps
 	$(PYTHON) bench/build_times.py

@@ -1,4 +1,5 @@
-"""Board profiles: data files in boards/, validated on load. Code asks a board for
+"""Board profiles: data files in boards/ (shipped in the package too) and in a user's own
+directories (datadirs.py has the lookup order), validated on load. Code asks a board for
 capabilities (firmware chain, watchdog, emulator), never for its name."""
 
 from __future__ import annotations
@@ -6,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .datadirs import data_dir
+from .datadirs import BOARDS, search_path, user_dir, yaml_files
 from .errors import ConfigError
 from .fields import BOARD_PATTERN, Reader, board_name
 from .yamlsrc import load
@@ -90,26 +91,28 @@ class Board:
         return ARCHES[self.arch][1]
 
 
-def boards_dir() -> Path:
-    """boards/ of the source tree, or the copy installed with the package."""
-    return data_dir("boards", "APPSDK_BOARDS_DIR")
+def board_files(directory: Path | None = None) -> dict[str, Path]:
+    """Profile name -> file: those in `directory` alone, else the first of each name along
+    the lookup path (a user's profile shadows a shipped one of the same name)."""
+    return yaml_files([directory] if directory else search_path(BOARDS))
 
 
 def list_boards(directory: Path | None = None) -> list[Board]:
-    directory = directory or boards_dir()
-    return [load_board_file(p) for p in sorted(directory.glob("*.yaml"))]
+    """Every profile, by name; each Board's `source` says where it came from."""
+    return [load_board_file(p) for p in board_files(directory).values()]
 
 
 def load_board(name: str, directory: Path | None = None, field: str = "board") -> Board:
-    """The profile boards/NAME.yaml. A name is a name, never a path (errors name `field`,
-    e.g. "--board")."""
+    """The profile NAME.yaml found first along the lookup path. A name is a name, never a
+    path (errors name `field`, e.g. "--board")."""
     name = board_name(name, field)
-    directory = directory or boards_dir()
-    path = directory / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(p.stem for p in sorted(directory.glob("*.yaml")))
-        raise ConfigError(f"unknown board {name!r}", field=field, hint=f"known boards: {known}")
-    return load_board_file(path)
+    files = board_files(directory)
+    if name not in files:
+        own = user_dir(BOARDS) or "~/.config/appsdk/boards"
+        raise ConfigError(f"unknown board {name!r}", field=field,
+                          hint=f"known boards: {', '.join(files)}; a profile of your own goes "
+                          f"in {own} or a directory on APPSDK_BOARDS_PATH")
+    return load_board_file(files[name])
 
 
 def _chains(top: Reader, key: str, options: tuple[str, ...]) -> Reader:

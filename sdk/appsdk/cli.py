@@ -425,11 +425,13 @@ def cmd_boards(args: argparse.Namespace) -> int:
         _print_json([{"name": b.name, "arch": b.arch, "firmware_chain": b.firmware_chain,
                       "firmware_options": list(b.firmware_options), "console": b.console,
                       "emulators": [e.name for e in b.emulators], "complete": b.complete,
-                      "description": b.description} for b in boards])
+                      "description": b.description, "source": str(b.source)}
+                     for b in boards])
         return 0
     for b in boards:
         extra = "" if b.complete else "  (partial)"
-        print(f"{b.name:<10} {b.arch:<7} {'/'.join(b.firmware_options):<22} {b.description}{extra}")
+        print(f"{b.name:<10} {b.arch:<7} {'/'.join(b.firmware_options):<22} {b.description}"
+              f"{extra}  [{b.source}]")
     return 0
 
 

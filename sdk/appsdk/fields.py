@@ -113,8 +113,8 @@ def board_name(value: object, field: str = "board") -> str:
     """A board profile's name: never a path (profiles are looked up in boards/)."""
     return _pattern(value, field, BOARD_PATTERN,
                     "a board name (lowercase letters, digits, '-'; not a path)",
-                    "see `appsdk boards`; a profile of your own goes in a directory named "
-                    "by APPSDK_BOARDS_DIR")
+                    "see `appsdk boards`; a profile of your own goes in "
+                    "~/.config/appsdk/boards or a directory named in APPSDK_BOARDS_PATH")
 
 
 def hostname(value: object, field: str = "hostname") -> str:

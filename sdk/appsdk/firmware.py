@@ -1,5 +1,6 @@
 """Pinned firmware: one manifest per component in firmware/ (source, exact version,
-sha256), fetched into a cache and verified before anything is taken from it.
+sha256; shipped in the package too, plus directories on APPSDK_FIRMWARE_PATH), fetched
+into a cache and verified before anything is taken from it.
 
 A source is a Debian package (`debian:`, a path in the archive's pool; the mirror defaults
 to deb.debian.org and can be overridden with APPSDK_FIRMWARE_MIRROR or `mirror=`) or a zip
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import cache_root
-from .datadirs import data_dir
+from .datadirs import FIRMWARE, search_path, yaml_files
 from .digest import sha256_file
 from .errors import AppsdkError, ConfigError, FirmwareMismatch
 from .fields import Reader
@@ -53,8 +54,10 @@ class Manifest:
         return f"{base.rstrip('/')}/{self.pool_path}"
 
 
-def firmware_dir() -> Path:
-    return data_dir("firmware", "APPSDK_FIRMWARE_MANIFESTS")
+def manifest_files(directory: Path | None = None) -> dict[str, Path]:
+    """Component -> manifest: those in `directory` alone, else the first of each name on
+    APPSDK_FIRMWARE_PATH, then the checkout's firmware/ or the copy in the package."""
+    return yaml_files([directory] if directory else search_path(FIRMWARE))
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -84,8 +87,7 @@ def load_manifest(path: Path) -> Manifest:
 
 
 def load_manifests(directory: Path | None = None) -> dict[str, Manifest]:
-    directory = directory or firmware_dir()
-    return {p.stem: load_manifest(p) for p in sorted(directory.glob("*.yaml"))}
+    return {name: load_manifest(p) for name, p in manifest_files(directory).items()}
 
 
 def _download(url: str, target: Path) -> None:

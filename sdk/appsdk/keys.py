@@ -33,8 +33,9 @@ def default_dir(app_id: str) -> Path:
     env = os.environ.get("APPSDK_KEYS_DIR")
     if env:
         return Path(env) / app_id
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "appsdk" / "keys" / app_id
+    from .datadirs import config_home
+
+    return config_home() / "keys" / app_id
 
 
 def home_for(app: Appliance, override: Path | None = None) -> Path:

@@ -2,8 +2,9 @@
 boot tries. v2 fails in a different way on each try, chosen by the try systemd-boot counts
 (LoaderBootCountPath): on the first its health check fails, on the second the kernel
 panics (panic=0: only the hardware watchdog resets it), on the third it never confirms (a
-unit before boot-complete.target hangs: the boot deadline resets it). Then systemd-boot falls back to v1 by itself, and
-appsdk-status on v1 reports v2 as failed. Each outcome is read off the console.
+unit before boot-complete.target hangs: the boot deadline resets it). Then systemd-boot
+falls back to v1 by itself, and appsdk-status on v1 reports v2 as failed. Each outcome is
+read off the console.
 
 One build and one update for the three ways a trial boot fails (three builds and three
 updates before): the failure modes are the device's, not the build's."""
