@@ -98,8 +98,10 @@ class Shell:
             self.transcript.add(chunk)
         return bool(chunk)
 
-    def expect(self, pattern: str | re.Pattern[str], timeout: float) -> re.Match[str]:
-        """Wait for `pattern` in new output (ANSI stripped); consumes up to the match."""
+    def expect(self, pattern: str | re.Pattern[str], timeout: float,
+               consume: bool = True) -> re.Match[str]:
+        """Wait for `pattern` in new output (ANSI stripped); consumes up to the match unless
+        `consume` is false (a look ahead: the next expect sees the same output)."""
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
         while True:
@@ -107,9 +109,9 @@ class Shell:
             match = regex.search(text)
             if match:
                 # Advance by the raw length of the matched prefix (clean() only drops bytes).
-                consumed = len(clean_prefix(bytes(self.transcript.data[self._pos:]),
-                                            match.end()))
-                self._pos += consumed
+                if consume:
+                    self._pos += len(clean_prefix(bytes(self.transcript.data[self._pos:]),
+                                                  match.end()))
                 return match
             remaining = deadline - time.monotonic()
             if remaining <= 0:

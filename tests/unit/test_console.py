@@ -126,3 +126,14 @@ def test_attach_without_password_when_asked_says_so() -> None:
 
     with pytest.raises(AppsdkError, match="pass --password"):
         Shell(LoginConsole(), patience=0.1).attach(user="admin", timeout=30)
+
+
+def test_expect_without_consuming_leaves_the_output_for_the_next_expect() -> None:
+    console = ScriptedConsole(lambda line: b"")
+    console.pending += b"Linux version 6.12\r\nKernel command line: usr_2.0 \r\nRun /init\r\n"
+    shell = Shell(console)
+    assert shell.expect(r"Run /init", 1, consume=False)
+    assert shell.expect(r"usr_(\S+)\s", 1).group(1) == "2.0"
+    assert shell.expect(r"Run /init", 1)
+    with pytest.raises(CommandTimeout):
+        shell.expect(r"usr_", 0.2)

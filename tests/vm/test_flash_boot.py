@@ -42,8 +42,7 @@ def test_flashed_device_boots(hello_v1: appsdk.BuildResult, tmp_path: Path, vm_l
         out = capsys.readouterr().out
         assert image_digest(open_source(hello_v1.output)) in out
 
-        with vm_boot(Path(dev), ovmf_vars(tmp_path), vm_logs, "flash-boot",
-                     retry_early_panic=True) as vm:
+        with vm_boot(Path(dev), ovmf_vars(tmp_path), vm_logs, "flash-boot") as vm:
             sh = vm.shell
             sh.expect(r"appsdk: IMAGE_ID=hello IMAGE_VERSION=1.0 booted", 300)
             sh.login()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from lineproxy import UART_RATE, LineProxy
-from vmlib import Vm, disk_copy, free_port, ovmf_vars
+from vmlib import Vm, disk_copy, free_port, ovmf_vars, start
 
 import appsdk
 from appsdk import keys as appsdk_keys
@@ -50,11 +50,20 @@ devices:
 
 def boot(disk: Path, vars_fd: Path, logs: Path, name: str,
          extra: tuple[str, ...] = ()) -> tuple[Vm, LineProxy]:
-    qemu_port = free_port()
-    spec = VmSpec(board=load_board("x86-uefi"), disk=disk, snapshot=False,
-                  serial_port=qemu_port, accel="tcg", no_reboot=True, vars_file=vars_fd)
-    proxy = LineProxy(qemu_port, seed=42, rate=UART_RATE)
-    return Vm(qemu_argv(spec) + list(extra), proxy.port, logs, name), proxy
+    """A boot behind a line proxy of its own (a new one for a retried boot)."""
+    proxies: list[LineProxy] = []
+
+    def launch(boot_name: str) -> Vm:
+        for old in proxies:
+            old.close()
+        qemu_port = free_port()
+        spec = VmSpec(board=load_board("x86-uefi"), disk=disk, snapshot=False,
+                      serial_port=qemu_port, accel="tcg", no_reboot=True, vars_file=vars_fd)
+        proxies.append(LineProxy(qemu_port, seed=42, rate=UART_RATE))
+        return Vm(qemu_argv(spec) + list(extra), proxies[-1].port, logs, boot_name)
+
+    vm = start(launch, name, disk, vars_fd)
+    return vm, proxies[-1]
 
 
 def updates_disk(v2: appsdk.BuildResult, key: appsdk_keys.SigningKey, work: Path) -> Path:
@@ -225,13 +234,13 @@ def test_update_installs_from_files_and_identity_survives_it(
     disk, vars_fd = provisioned["disk"], provisioned["vars"]
     assert isinstance(disk, Path) and isinstance(vars_fd, Path)
 
-    def start(name: str) -> Vm:
+    def launch(name: str) -> Vm:
         port = free_port()
         spec = VmSpec(board=load_board("x86-uefi"), disk=disk, snapshot=False,
                       serial_port=port, accel="tcg", no_reboot=True, vars_file=vars_fd)
         return Vm(qemu_argv(spec), port, vm_logs, name)
 
-    vm = start("serial-update2")
+    vm = start(launch, "serial-update2", disk, vars_fd)
     try:
         version = vm.shell.expect(r"appsdk: IMAGE_ID=hello IMAGE_VERSION=(\S+) booted",
                                   300).group(1)

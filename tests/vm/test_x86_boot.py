@@ -53,7 +53,7 @@ def booted_twice(hello_v1: appsdk.BuildResult, tmp_path_factory: pytest.TempPath
     vars_fd = ovmf_vars(work)
     facts: dict[str, object] = {}
 
-    with vm_boot(disk, vars_fd, vm_logs, "x86-boot1", retry_early_panic=True) as vm:
+    with vm_boot(disk, vars_fd, vm_logs, "x86-boot1") as vm:
         sh = vm.shell
         facts["banner1"] = sh.expect(r"appsdk: IMAGE_ID=(\S+) IMAGE_VERSION=(\S+) booted",
                                      300).groups()
@@ -83,8 +83,8 @@ def booted_twice(hello_v1: appsdk.BuildResult, tmp_path_factory: pytest.TempPath
         assert vm.wait_exit(120) == 0
 
     port = free_port()
-    with running(plain_qemu(disk, vars_fd, port), port, vm_logs, "x86-boot2",
-                 retry_early_panic=True) as vm:
+    with running(plain_qemu(disk, vars_fd, port), port, vm_logs, "x86-boot2", disk,
+                 vars_fd) as vm:
         sh = vm.shell
         facts["banner2"] = sh.expect(r"appsdk: IMAGE_ID=(\S+) IMAGE_VERSION=(\S+) booted",
                                      300).groups()

@@ -51,7 +51,7 @@ def cut_and_recover(image: Path, work: Path, logs: Path, name: str, trigger: str
     disk = disk_copy(image, work / "disk.img", 6 * GiB)
     vars_fd = ovmf_vars(work)
     facts: dict[str, object] = {}
-    with vm_boot(disk, vars_fd, logs, f"powercut-{name}-1", retry_early_panic=True) as vm:
+    with vm_boot(disk, vars_fd, logs, f"powercut-{name}-1") as vm:
         sh = vm.shell
         sh.expect(UP, 300)
         sh.login()

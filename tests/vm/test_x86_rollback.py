@@ -114,7 +114,7 @@ def run(v1: appsdk.BuildResult, tmp: Path, logs: Path) -> dict[str, Any]:
     vars_fd = ovmf_vars(tmp)
     result: dict[str, Any] = {"boots": [], "consoles": []}
     timings: list[dict[str, Any]] = []
-    with vm_boot(disk, vars_fd, logs, "rollback-0", retry_early_panic=True) as vm:
+    with vm_boot(disk, vars_fd, logs, "rollback-0") as vm:
         vm.shell.expect(V1_UP, 300)
         vm.shell.login()
         vm.shell.run("/usr/lib/systemd/systemd-networkd-wait-online --timeout=90", timeout=120)
@@ -151,7 +151,8 @@ def run(v1: appsdk.BuildResult, tmp: Path, logs: Path) -> dict[str, Any]:
                 vm.wait_exit(120)
                 break
             vm.wait_exit(60)
-        result["consoles"].append((logs / f"{name}.console.log").read_text(errors="replace"))
+        # vm.console_log: this boot's, or its retry's (see vmlib.start).
+        result["consoles"].append(vm.console_log.read_text(errors="replace"))
     return result
 
 

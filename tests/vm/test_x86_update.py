@@ -106,7 +106,7 @@ def update_run(hello_v1: appsdk.BuildResult, releases: dict[str, Path], server: 
     vars_fd = ovmf_vars(work)
     facts: dict[str, object] = {"attempts": {}}
 
-    with vm_boot(disk, vars_fd, vm_logs, "x86-update-v1", retry_early_panic=True) as vm:
+    with vm_boot(disk, vars_fd, vm_logs, "x86-update-v1") as vm:
         sh = vm.shell
         sh.expect(r"appsdk: IMAGE_ID=hello IMAGE_VERSION=1.0 booted", 300)
         sh.login()
@@ -152,8 +152,7 @@ def update_run(hello_v1: appsdk.BuildResult, releases: dict[str, Path], server: 
         vm.wait_exit(120)
 
     # A blessed v2 stays the default on later boots.
-    with vm_boot(disk, vars_fd, vm_logs, "x86-update-v2-again",
-                 retry_early_panic=True) as vm:
+    with vm_boot(disk, vars_fd, vm_logs, "x86-update-v2-again") as vm:
         sh = vm.shell
         facts["banner3"] = sh.expect(r"appsdk: IMAGE_ID=(\S+) IMAGE_VERSION=(\S+) booted",
                                      300).groups()
@@ -243,8 +242,7 @@ def test_flipped_byte_in_usr_is_caught_by_dm_verity(
         f.seek(offset)
         f.write(bytes([byte[0] ^ 0xFF]))
 
-    with vm_boot(disk, ovmf_vars(tmp_path), vm_logs, "x86-verity-tamper",
-                 retry_early_panic=True) as vm:
+    with vm_boot(disk, ovmf_vars(tmp_path), vm_logs, "x86-verity-tamper") as vm:
         sh = vm.shell
         sh.expect(r"appsdk: IMAGE_ID=hello IMAGE_VERSION=1.0 booted", 300)
         sh.login()
