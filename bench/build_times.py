@@ -37,8 +37,8 @@ def main() -> None:
     app = work / "hello"
     shutil.copytree(REPO / "examples/hello", app, ignore=shutil.ignore_patterns("build"))
 
-    from appsdk import keys
-    from appsdk.runner import Runner
+    from appsdk.core.runner import Runner
+    from appsdk.trust import keys
 
     key = keys.generate(work / "keys", "bench key", Runner())  # throw-away signing key
     cold, result = timed_build(app, work / "out-cold", key.home)

@@ -109,8 +109,8 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO / "sdk"))
-    from appsdk import bmap
-    from appsdk.flash import open_source
+    from appsdk.deliver.flash import open_source
+    from appsdk.image import bmap
 
     source = open_source(args.source)
     work = Path(tempfile.mkdtemp(prefix="appsdk-flash-bench-"))

@@ -33,11 +33,11 @@ def main() -> None:
     from lineproxy import LineProxy
     from vmlib import Vm, disk_copy, free_port, ovmf_vars
 
-    from appsdk.boards import load_board
-    from appsdk.filepush import push_bytes
-    from appsdk.pipeline import load_build
-    from appsdk.provision_serial import DevicePlan, FileSpec, provision_serial
-    from appsdk.qemu import VmSpec, qemu_argv
+    from appsdk.contract.buildinfo import load_build
+    from appsdk.deliver.filepush import push_bytes
+    from appsdk.deliver.provision_serial import DevicePlan, FileSpec, provision_serial
+    from appsdk.emulate.qemu import VmSpec, qemu_argv
+    from appsdk.spec.boards import load_board
 
     record = load_build(args.build)
     work = Path(tempfile.mkdtemp(prefix="appsdk-serial-bench-"))

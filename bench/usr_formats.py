@@ -29,14 +29,14 @@ CANDIDATES = {
 
 
 def main() -> None:
-    from appsdk.boards import load_board
-    from appsdk.config import load_appliance
-    from appsdk.layout import layout_for
-    from appsdk.progress import NullReporter
-    from appsdk.runner import Runner
-    from appsdk.stages.customize import customize
-    from appsdk.stages.rootfs import build_rootfs, recipe_for
-    from appsdk.tools import ensure_tools
+    from appsdk.contract.layout import layout_for
+    from appsdk.core.progress import NullReporter
+    from appsdk.core.runner import Runner
+    from appsdk.pipeline.stages.customize import customize
+    from appsdk.pipeline.stages.rootfs import build_rootfs, recipe_for
+    from appsdk.pipeline.tools import ensure_tools
+    from appsdk.spec.appliance import load_appliance
+    from appsdk.spec.boards import load_board
 
     runner, reporter = Runner(), NullReporter()
     app = load_appliance(REPO / "examples/hello")

@@ -10,23 +10,25 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from appsdk.core.version import __version__
 
 if TYPE_CHECKING:
-    from .boards import Board, list_boards, load_board
-    from .buildinfo import load_build
-    from .config import Appliance, load_appliance
-    from .errors import AppsdkError, ConfigError
-    from .flash import FlashResult, open_source, verify_device
-    from .pipeline import BuildResult, build
+    from appsdk.contract.buildinfo import load_build
+    from appsdk.core.errors import AppsdkError, ConfigError
+    from appsdk.deliver.flash import FlashResult, flash, open_source, verify_device
+    from appsdk.pipeline.builder import BuildResult, build
+    from appsdk.spec.appliance import Appliance, load_appliance
+    from appsdk.spec.boards import Board, list_boards, load_board
 
+# The top-level API: name -> the module that defines it (imported on first use).
 _WHERE = {
-    "Board": "boards", "list_boards": "boards", "load_board": "boards",
-    "Appliance": "config", "load_appliance": "config",
-    "AppsdkError": "errors", "ConfigError": "errors",
-    # Not `flash` itself: the name is the submodule (appsdk.flash.flash).
-    "FlashResult": "flash", "open_source": "flash", "verify_device": "flash",
-    "BuildResult": "pipeline", "build": "pipeline", "load_build": "buildinfo",
+    "Board": "spec.boards", "list_boards": "spec.boards", "load_board": "spec.boards",
+    "Appliance": "spec.appliance", "load_appliance": "spec.appliance",
+    "AppsdkError": "core.errors", "ConfigError": "core.errors",
+    "FlashResult": "deliver.flash", "flash": "deliver.flash", "open_source": "deliver.flash",
+    "verify_device": "deliver.flash",
+    "BuildResult": "pipeline.builder", "build": "pipeline.builder",
+    "load_build": "contract.buildinfo",
 }
 
 
@@ -38,6 +40,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Appliance", "AppsdkError", "Board", "BuildResult", "ConfigError", "FlashResult",
-    "__version__", "build", "list_boards", "load_appliance", "load_board", "load_build",
+    "__version__", "build", "flash", "list_boards", "load_appliance", "load_board", "load_build",
     "open_source", "verify_device",
 ]

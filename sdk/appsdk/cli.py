@@ -16,8 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__
-from .errors import (
+from appsdk.core.errors import (
     AppsdkError,
     InternalError,
     Interrupted,
@@ -27,8 +26,9 @@ from .errors import (
     ToolMissing,
     UsageError,
 )
-from .progress import JsonReporter, Reporter, TextReporter
-from .units import parse_size
+from appsdk.core.progress import JsonReporter, Reporter, TextReporter
+from appsdk.core.units import parse_size
+from appsdk.core.version import __version__
 
 
 class _Parser(argparse.ArgumentParser):
@@ -385,7 +385,7 @@ def _save_traceback(exc: BaseException) -> str | None:
     import tempfile
     import traceback
 
-    from .cache import cache_root
+    from appsdk.core.cache import cache_root
 
     text = "".join(traceback.format_exception(exc))
     for directory in (cache_root() / "tracebacks", Path(tempfile.gettempdir())):
@@ -410,7 +410,7 @@ def _print_json(data: Any) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from .scaffold import init
+    from appsdk.spec.scaffold import init
 
     path = init(args.directory, args.id, args.board)
     print(f"created {path}; build it with: appsdk build {args.directory}")
@@ -418,7 +418,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_boards(args: argparse.Namespace) -> int:
-    from .boards import list_boards
+    from appsdk.spec.boards import list_boards
 
     boards = list_boards()
     if args.json:
@@ -436,7 +436,7 @@ def cmd_boards(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import run_checks
+    from appsdk.doctor import run_checks
 
     checks = run_checks()
     if args.json:
@@ -448,7 +448,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .pipeline import build
+    from appsdk.pipeline.builder import build
 
     reporter = _reporter(args)
     result = build(args.directory, board=args.board, version=args.app_version,
@@ -468,9 +468,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from . import keys
-    from .config import load_appliance
-    from .runner import Runner
+    from appsdk.core.runner import Runner
+    from appsdk.spec.appliance import load_appliance
+    from appsdk.trust import keys
 
     app = load_appliance(args.directory)
     home = keys.home_for(app, args.keys)
@@ -486,11 +486,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    from . import keys
-    from .buildinfo import load_build
-    from .keys import default_dir
-    from .release import release
-    from .runner import Runner
+    from appsdk.contract.buildinfo import load_build
+    from appsdk.core.runner import Runner
+    from appsdk.trust import keys
+    from appsdk.trust.keys import default_dir
+    from appsdk.update.release import release
 
     runner = Runner()
     if not args.builds:  # argparse drops "--" tokens: `release OUT --` has no build left
@@ -508,7 +508,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import make_server
+    from appsdk.update.serve import make_server
 
     server = make_server(args.directory, args.port, args.host, verbose=True,
                          list_directories=args.list)
@@ -521,11 +521,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .boards import load_board
-    from .buildinfo import locate_image
-    from .foreign import needs_emulation
-    from .gpt import disk_table
-    from .qemu import (
+    from appsdk.contract.buildinfo import locate_image
+    from appsdk.core.foreign import needs_emulation
+    from appsdk.emulate.qemu import (
         VmSpec,
         check_ports,
         firmware_vars,
@@ -534,6 +532,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         qemu_argv,
         scratch_dir,
     )
+    from appsdk.image.gpt import disk_table
+    from appsdk.spec.boards import load_board
 
     image, record = locate_image(args.target)
     disk_table(image)  # a build.json or tarball would boot to nothing, or be written to
@@ -571,7 +571,7 @@ def _devices_json(listed: Any) -> list[dict[str, Any]]:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from .blockdev import list_devices
+    from appsdk.deliver.blockdev import list_devices
 
     listed = list_devices()
     if args.json:
@@ -606,7 +606,7 @@ def _ask(dev: Any) -> bool:
 
 
 def cmd_flash(args: argparse.Namespace) -> int:
-    from .flash import flash, open_source
+    from appsdk.deliver.flash import flash, open_source
 
     reporter = _reporter(args)
     source = open_source(args.source)
@@ -629,7 +629,7 @@ def cmd_flash(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .flash import open_source, verify_device
+    from appsdk.deliver.flash import open_source, verify_device
 
     reporter = _reporter(args)
     digest, seconds = verify_device(open_source(args.source), args.device, reporter)
@@ -643,7 +643,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def _serial_plan(args: argparse.Namespace) -> Any:
     # The library checks each flag with the validator of the plan field it overrides.
-    from .provision_serial import apply_overrides, select_device
+    from appsdk.deliver.provision_serial import apply_overrides, select_device
 
     return apply_overrides(
         select_device(args.plan, args.device), hostname=args.hostname, serial=args.serial,
@@ -652,8 +652,8 @@ def _serial_plan(args: argparse.Namespace) -> Any:
 
 
 def cmd_provision_serial(args: argparse.Namespace) -> int:
-    from .console import SerialConsole, Shell
-    from .provision_serial import provision_serial, read_status
+    from appsdk.deliver.console import SerialConsole, Shell
+    from appsdk.deliver.provision_serial import provision_serial, read_status
 
     plan = _serial_plan(args)
     reporter = _reporter(args)
@@ -685,7 +685,7 @@ def cmd_provision_serial(args: argparse.Namespace) -> int:
 
 
 def cmd_firmware(args: argparse.Namespace) -> int:
-    from . import firmware
+    from appsdk.spec import firmware
 
     manifests = firmware.load_manifests()
     if args.firmware_command == "list":
@@ -710,7 +710,7 @@ def cmd_firmware(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspect import inspect
+    from appsdk.image.inspect import inspect
 
     info = inspect(args.target)
     if args.json:
@@ -735,8 +735,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_provision(args: argparse.Namespace) -> int:
     if args.provision_command == "serial":
         return cmd_provision_serial(args)
-    from .flash import open_source
-    from .provision_usb import UdevWatcher, provision_usb
+    from appsdk.deliver.flash import open_source
+    from appsdk.deliver.provision_usb import UdevWatcher, provision_usb
 
     source = open_source(args.source)
     reporter = _reporter(args)

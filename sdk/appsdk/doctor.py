@@ -7,11 +7,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .boards import list_boards, load_board
-from .errors import ToolMissing
-from .foreign import check_binfmt
-from .qemu import kvm_works
-from .tools import TOOLS_USED, cached_tools
+from appsdk.core.errors import ToolMissing
+from appsdk.core.foreign import check_binfmt
+from appsdk.emulate.qemu import kvm_works
+from appsdk.pipeline.tools import TOOLS_USED, cached_tools
+from appsdk.spec.boards import list_boards, load_board
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from appsdk import bmap
-from appsdk.digest import sha256_file
+from appsdk.core.digest import sha256_file
+from appsdk.image import bmap
 
 MiB = 1024 * 1024
 

@@ -28,11 +28,11 @@ from loopdev import (
     sparse_copy,
 )
 
-from appsdk import bmap
 from appsdk.cli import main
-from appsdk.errors import ConfigError, DeviceFailed, VerifyFailed
-from appsdk.flash import flash, image_digest, open_source
-from appsdk.provision_usb import provision_usb
+from appsdk.core.errors import ConfigError, DeviceFailed, VerifyFailed
+from appsdk.deliver.flash import flash, image_digest, open_source
+from appsdk.deliver.provision_usb import provision_usb
+from appsdk.image import bmap
 
 APPSDK = [sys.executable, "-m", "appsdk.cli"]
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from loopdev import MiB, make_image
 
-from appsdk.blockdev import BlockDevice
-from appsdk.flash import image_digest, open_source
-from appsdk.provision_usb import DeviceReport, UdevWatcher, provision_usb
+from appsdk.deliver.blockdev import BlockDevice
+from appsdk.deliver.flash import image_digest, open_source
+from appsdk.deliver.provision_usb import DeviceReport, UdevWatcher, provision_usb
 
 
 def test_two_disks_plugged_one_after_the_other(tmp_path: Path) -> None:

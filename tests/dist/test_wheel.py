@@ -37,10 +37,10 @@ VALIDATE = """
 import json, sys
 from pathlib import Path
 import appsdk
-from appsdk.firmware import load_manifests
-from appsdk.layout import layout_for
-from appsdk.rpi_boot import components
-from appsdk.stages.rootfs import recipe_for
+from appsdk.spec.firmware import load_manifests
+from appsdk.contract.layout import layout_for
+from appsdk.pipeline.rpi_boot import components
+from appsdk.pipeline.stages.rootfs import recipe_for
 
 out = {"appsdk": appsdk.__file__, "apps": {}, "path": sys.path,
        "boards": {b.name: str(b.source) for b in appsdk.list_boards()},

@@ -17,12 +17,12 @@ import pytest
 from test_hostile_inputs import NODEV, app, check, gpt, run_cli, sandbox
 from test_release import key, make_build
 
-from appsdk import release as rel
-from appsdk.errors import AppsdkError, ConfigError
-from appsdk.flash import open_source
-from appsdk.keys import SigningKey
-from appsdk.provision_serial import update_files
-from appsdk.runner import Runner
+from appsdk.core.errors import AppsdkError, ConfigError
+from appsdk.core.runner import Runner
+from appsdk.deliver.flash import open_source
+from appsdk.deliver.provision_serial import update_files
+from appsdk.trust.keys import SigningKey
+from appsdk.update import release as rel
 
 __all__ = ["key", "sandbox"]  # fixtures, imported for pytest
 
@@ -216,7 +216,7 @@ def test_a_second_build_into_the_same_output_is_refused(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Was: the second build deleted the first one's .work (its staged artifacts) and the
     # two then published over each other.
-    import appsdk.pipeline
+    import appsdk.pipeline.builder
     directory = app(sandbox)
     seen: dict[str, object] = {}
 
@@ -228,17 +228,17 @@ def test_a_second_build_into_the_same_output_is_refused(
         seen["kept"] = marker.exists()
         raise _Stop
 
-    monkeypatch.setattr(appsdk.pipeline, "ensure_tools", tools_of_first_build)
+    monkeypatch.setattr(appsdk.pipeline.builder, "ensure_tools", tools_of_first_build)
     with pytest.raises(_Stop):
-        appsdk.pipeline.build(directory)
+        appsdk.pipeline.builder.build(directory)
     code, out, err = seen["code"]  # type: ignore[misc]
     check(code, out, err, ["build", "--json"], ("x86-uefi",))
     assert "another build" in err and seen["kept"], err
     # Once the first build is over, the directory is free again.
-    monkeypatch.setattr(appsdk.pipeline, "ensure_tools", lambda *a, **k: (_ for _ in ()).throw(
-        _Stop()))
+    monkeypatch.setattr(appsdk.pipeline.builder, "ensure_tools",
+                        lambda *a, **k: (_ for _ in ()).throw(_Stop()))
     with pytest.raises(_Stop):
-        appsdk.pipeline.build(directory)
+        appsdk.pipeline.builder.build(directory)
 
 
 # --- run --disk: an existing file is taken as the VM's disk --------------------------------
@@ -291,7 +291,7 @@ def test_authorized_key_must_be_a_public_key(content: bytes, says: str, sandbox:
 
 
 def test_public_keys_are_accepted(tmp_path: Path) -> None:
-    from appsdk import fields
+    from appsdk.spec import fields
     key_file = tmp_path / "k.pub"
     key_file.write_text("# lab keys\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ user@host\n\n"
                         'command="echo a b",from="10.0.0.0/8" ssh-rsa AAAAB3NzaC1yc2E= x\n'

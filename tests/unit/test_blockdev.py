@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from appsdk.blockdev import BlockDevice, refuse_if_unsafe
-from appsdk.errors import DeviceRefused
-from appsdk.provision_usb import DeviceReport, rpiboot_argv
+from appsdk.core.errors import DeviceRefused
+from appsdk.deliver.blockdev import BlockDevice, refuse_if_unsafe
+from appsdk.deliver.provision_usb import DeviceReport, rpiboot_argv
 
 GB = 10**9
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appsdk import bmap
-from appsdk.errors import ConfigError
+from appsdk.core.errors import ConfigError
+from appsdk.image import bmap
 
 MiB = 1024 * 1024
 

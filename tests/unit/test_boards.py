@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from appsdk.boards import list_boards, load_board, load_board_file
-from appsdk.errors import ConfigError
+from appsdk.core.errors import ConfigError
+from appsdk.spec.boards import list_boards, load_board, load_board_file
 
 
 def test_all_profiles_load() -> None:
@@ -53,8 +53,8 @@ def test_name_must_match_file(tmp_path: Path) -> None:
 
 
 def test_rootfs_recipe_takes_the_kernel_the_board_needs() -> None:
-    from appsdk.config import load_appliance
-    from appsdk.stages.rootfs import mmdebstrap_argv, recipe_for
+    from appsdk.pipeline.stages.rootfs import mmdebstrap_argv, recipe_for
+    from appsdk.spec.appliance import load_appliance
 
     app = load_appliance(Path(__file__).resolve().parents[2] / "examples/hello")
     x86 = recipe_for(app, load_board("x86-uefi"))

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appsdk.buildinfo import load_build, locate_image, parse_record, plain_name
-from appsdk.errors import ConfigError
+from appsdk.contract.buildinfo import load_build, locate_image, parse_record, plain_name
+from appsdk.core.errors import ConfigError
 
 SUM = "ab" * 32
 FILE = Path("out/build.json")

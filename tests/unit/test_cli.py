@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appsdk import cli
-from appsdk.errors import (
+from appsdk.core.errors import (
     AppsdkError,
     ConfigError,
     DeviceRefused,
@@ -25,7 +25,7 @@ from appsdk.errors import (
     PathError,
     UsageError,
 )
-from appsdk.qemu import check_ports, prepare_disk
+from appsdk.emulate.qemu import check_ports, prepare_disk
 
 CLI_SOURCE = Path(cli.__file__).read_text()
 
@@ -232,8 +232,8 @@ def test_prepare_disk(tmp_path: Path) -> None:
 # --- build output and stage events --------------------------------------------------------
 
 def test_output_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from appsdk import pipeline
-    from appsdk.scaffold import init
+    from appsdk.pipeline import builder as pipeline
+    from appsdk.spec.scaffold import init
 
     file = tmp_path / "f"
     file.write_text("x")
@@ -249,7 +249,7 @@ def test_output_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_failed_stage_is_reported() -> None:
-    from appsdk.progress import RecordingReporter, stage
+    from appsdk.core.progress import RecordingReporter, stage
 
     reporter = RecordingReporter()
     with pytest.raises(ConfigError), stage(reporter, "usr", "erofs"):

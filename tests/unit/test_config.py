@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from appsdk.config import load_appliance
-from appsdk.errors import ConfigError
-from appsdk.units import MiB
+from appsdk.core.errors import ConfigError
+from appsdk.core.units import MiB
+from appsdk.spec.appliance import load_appliance
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -193,7 +193,7 @@ def test_sizes_and_limits_in_range_are_kept(tmp_path: Path) -> None:
 def test_python_api_overrides_are_checked_before_any_work(
     tmp_path: Path, overrides: dict[str, str], words: str
 ) -> None:
-    from appsdk.pipeline import build
+    from appsdk.pipeline.builder import build
 
     write(tmp_path, "id: ok\nversion: '1'\n")
     with pytest.raises(ConfigError) as info:

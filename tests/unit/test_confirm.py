@@ -12,16 +12,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appsdk.boards import load_board
-from appsdk.config import HealthCheck, load_appliance
-from appsdk.confirm import (
+from appsdk.contract.confirm import (
     confirmation_files,
     confirmation_units,
     health_unit,
     systemd_quote,
     watchdog_seconds,
 )
-from appsdk.errors import ConfigError
+from appsdk.core.errors import ConfigError
+from appsdk.spec.appliance import HealthCheck, load_appliance
+from appsdk.spec.boards import load_board
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = str(resources.files("appsdk") / "data" / "device" / "appsdk-health-check")

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from appsdk.console import Shell, clean
-from appsdk.errors import CommandTimeout
+from appsdk.core.errors import CommandTimeout
+from appsdk.deliver.console import Shell, clean
 
 
 class ScriptedConsole:
@@ -115,14 +115,14 @@ def test_attach_logs_in_through_getty_and_password() -> None:
 
 
 def test_attach_reports_a_wrong_password() -> None:
-    from appsdk.errors import AppsdkError
+    from appsdk.core.errors import AppsdkError
 
     with pytest.raises(AppsdkError, match="login as 'admin' failed"):
         Shell(LoginConsole(), patience=0.1).attach(user="admin", password="nope", timeout=30)
 
 
 def test_attach_without_password_when_asked_says_so() -> None:
-    from appsdk.errors import AppsdkError
+    from appsdk.core.errors import AppsdkError
 
     with pytest.raises(AppsdkError, match="pass --password"):
         Shell(LoginConsole(), patience=0.1).attach(user="admin", timeout=30)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from appsdk.stages.customize import drop_device_trees
+from appsdk.pipeline.stages.customize import drop_device_trees
 
 V = "7.3.4+deb13-arm64"
 
@@ -41,15 +41,15 @@ import socket  # noqa: E402
 import stat  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
-from appsdk.config import _check_overlay, load_appliance  # noqa: E402
-from appsdk.errors import AppsdkError, BuildError, ConfigError  # noqa: E402
-from appsdk.stages.customize import (  # noqa: E402
+from appsdk.core.errors import AppsdkError, BuildError, ConfigError  # noqa: E402
+from appsdk.pipeline.stages.customize import (  # noqa: E402
     _TreeCopy,
     copy_overlay,
     prune_modules,
     read_in_tree,
     write_in_tree,
 )
+from appsdk.spec.appliance import _check_overlay, load_appliance  # noqa: E402
 
 
 def _layout(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -221,7 +221,7 @@ def test_factory_copy_keeps_owners_links_and_never_writes_through_links(
 
 
 def test_prune_modules_does_not_delete_through_a_link(tmp_path: Path) -> None:
-    from appsdk.runner import FakeRunner
+    from appsdk.core.runner import FakeRunner
 
     kernel = tmp_path / f"tree/usr/lib/modules/{V}/kernel"
     (kernel / "drivers").mkdir(parents=True)

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appsdk import datadirs
-from appsdk.boards import board_files, list_boards, load_board
-from appsdk.errors import AppsdkError, ConfigError
-from appsdk.firmware import load_manifests, manifest_files
+from appsdk.core import datadirs
+from appsdk.core.errors import AppsdkError, ConfigError
+from appsdk.spec.boards import board_files, list_boards, load_board
+from appsdk.spec.firmware import load_manifests, manifest_files
 
 REPO = Path(__file__).resolve().parents[2]
 

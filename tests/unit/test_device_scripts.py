@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_pe import tiny_pe
 
-from appsdk.pe import sections
-from appsdk.provision_serial import install_local_update
+from appsdk.deliver.provision_serial import install_local_update
+from appsdk.image.pe import sections
 
 DEVICE = Path(str(resources.files("appsdk") / "data" / "device"))
 SCRIPTS = sorted(p for p in DEVICE.iterdir() if p.is_file())

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appsdk import fields
-from appsdk.errors import ConfigError
-from appsdk.fields import FieldError
-from appsdk.units import GiB, MiB, TiB, format_size, parse_size
+from appsdk.core.errors import ConfigError
+from appsdk.core.units import GiB, MiB, TiB, format_size, parse_size
+from appsdk.spec import fields
+from appsdk.spec.fields import FieldError
 
 TEXT_VALIDATORS: list[Callable[[object, str], Any]] = [
     fields.app_id, fields.version, fields.display_name, fields.board_name, fields.hostname,
@@ -213,7 +213,7 @@ def test_board_names_are_never_paths() -> None:
 
 
 def test_load_board_refuses_a_path() -> None:
-    from appsdk.boards import load_board
+    from appsdk.spec.boards import load_board
 
     with pytest.raises(ConfigError, match=r"--board: '\.\./\.\./x' is not a board name"):
         load_board("../../x", field="--board")

@@ -9,8 +9,8 @@ import random
 import pytest
 from fakedevice import FakeDevice
 
-from appsdk.console import Shell
-from appsdk.filepush import PushFailed, push_bytes
+from appsdk.deliver.console import Shell
+from appsdk.deliver.filepush import PushFailed, push_bytes
 
 
 def noisy(rate: float, seed: int):  # type: ignore[no-untyped-def]

@@ -11,14 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from appsdk.errors import AppsdkError, ConfigError
-from appsdk.firmware import (
-    FirmwareMismatch,
-    check_elf,
-    fetch,
-    load_manifest,
-    load_manifests,
-)
+from appsdk.core.errors import AppsdkError, ConfigError
+from appsdk.spec.firmware import FirmwareMismatch, check_elf, fetch, load_manifest, load_manifests
 
 pytestmark = pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="needs dpkg-deb")
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from appsdk.errors import ToolMissing
-from appsdk.foreign import check_binfmt, needs_emulation
+from appsdk.core.errors import ToolMissing
+from appsdk.core.foreign import check_binfmt, needs_emulation
 
 ENTRY = ("enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: {flags}\n"
          "offset 0\nmagic 7f454c46\n")

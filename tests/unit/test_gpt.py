@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appsdk import gpt
-from appsdk.errors import AppsdkError, ConfigError
+from appsdk.core.errors import AppsdkError, ConfigError
+from appsdk.image import gpt
 
 S = 512
 ESP = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")

@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appsdk import cli
-from appsdk.errors import AppsdkError, InternalError, Interrupted
-from appsdk.scaffold import init
+from appsdk.core.errors import AppsdkError, InternalError, Interrupted
+from appsdk.spec.scaffold import init
 
 
 def _codes() -> set[int]:
@@ -57,12 +57,12 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         (tmp_path / sub).mkdir()
         monkeypatch.setenv(var, str(tmp_path / sub))
     monkeypatch.chdir(tmp_path)
-    import appsdk.console
-    import appsdk.pipeline
-    import appsdk.provision_usb
-    monkeypatch.setattr(appsdk.pipeline, "ensure_tools", _guard("the tools tree"))
-    monkeypatch.setattr(appsdk.console.SerialConsole, "__init__", _guard("a serial port"))
-    monkeypatch.setattr(appsdk.provision_usb.UdevWatcher, "__init__", _guard("udev"))
+    import appsdk.deliver.console
+    import appsdk.deliver.provision_usb
+    import appsdk.pipeline.builder
+    monkeypatch.setattr(appsdk.pipeline.builder, "ensure_tools", _guard("the tools tree"))
+    monkeypatch.setattr(appsdk.deliver.console.SerialConsole, "__init__", _guard("a serial port"))
+    monkeypatch.setattr(appsdk.deliver.provision_usb.UdevWatcher, "__init__", _guard("udev"))
     monkeypatch.setattr(os, "execvp", _guard("QEMU"))
     monkeypatch.setattr(http.server.ThreadingHTTPServer, "serve_forever",
                         _guard("the HTTP server loop"))

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 from test_adversarial import deadline
 
-from appsdk import bmap, buildinfo, yamlsrc
-from appsdk.errors import ConfigError
-from appsdk.inputfile import open_regular
+from appsdk.contract import buildinfo
+from appsdk.core.errors import ConfigError
+from appsdk.core.inputfile import open_regular
+from appsdk.image import bmap
+from appsdk.spec import yamlsrc
 
 __all__ = ["deadline"]  # a fixture, imported for pytest
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from appsdk import keys
-from appsdk.errors import AppsdkError, ConfigError, ToolMissing
-from appsdk.runner import FakeRunner, Result, Runner
+from appsdk.core.errors import AppsdkError, ConfigError, ToolMissing
+from appsdk.core.runner import FakeRunner, Result, Runner
+from appsdk.trust import keys
 
 needs_gpg = pytest.mark.skipif(shutil.which("gpg") is None, reason="gpg not installed")
 

@@ -3,7 +3,7 @@ serial console under it, and KVM reported no internal error."""
 
 from __future__ import annotations
 
-from appsdk.qemu import kvm_verdict
+from appsdk.emulate.qemu import kvm_verdict
 
 # What OVMF writes first (console init), as read from a real run under TCG.
 OVMF_FIRST_BYTES = b"\x1b[2J\x1b[01;01H\x1b[=3h\x1b[2J\x1b[01;01H"

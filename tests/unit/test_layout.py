@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from appsdk.boards import load_board
-from appsdk.config import load_appliance
-from appsdk.layout import device_repart, image_repart, kernel_cmdline, layout_for
-from appsdk.ondevice import (
+from appsdk.contract.layout import device_repart, image_repart, kernel_cmdline, layout_for
+from appsdk.contract.ondevice import (
     IDENTITY_UNIT,
     MACHINE_ID_UNIT,
     etc_files,
@@ -15,6 +13,8 @@ from appsdk.ondevice import (
     sysupdate_transfers,
     usr_files,
 )
+from appsdk.spec.appliance import load_appliance
+from appsdk.spec.boards import load_board
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appsdk import pe
-from appsdk.errors import VerifyFailed
-from appsdk.pe import read_text, sections
+from appsdk.core.errors import VerifyFailed
+from appsdk.image import pe
+from appsdk.image.pe import read_text, sections
 
 
 def tiny_pe(path: Path, named: dict[str, bytes]) -> Path:

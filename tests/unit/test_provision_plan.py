@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from appsdk.cli import main
-from appsdk.errors import ConfigError
-from appsdk.provision_serial import (
+from appsdk.core.errors import ConfigError
+from appsdk.deliver.provision_serial import (
     DevicePlan,
     FileSpec,
     apply_overrides,

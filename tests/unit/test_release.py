@@ -24,13 +24,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appsdk import keys
-from appsdk import release as rel
-from appsdk.errors import AppsdkError, BuildError, CommandFailed, ConfigError, VerifyFailed
-from appsdk.keys import SigningKey
-from appsdk.release import MANIFEST, release
-from appsdk.runner import Runner
-from appsdk.stages.update import SUMS, parse_sums, update_names
+from appsdk.contract.updatefiles import SUMS, parse_sums, update_names
+from appsdk.core.errors import AppsdkError, BuildError, CommandFailed, ConfigError, VerifyFailed
+from appsdk.core.runner import Runner
+from appsdk.trust import keys
+from appsdk.trust.keys import SigningKey
+from appsdk.update import release as rel
+from appsdk.update.release import MANIFEST, release
 
 REPO = Path(__file__).resolve().parents[2]
 Snapshot = dict[str, tuple[int, bytes | None]]
@@ -231,8 +231,9 @@ def test_cut_between_fallback_renames_is_undone(tmp_path: Path, v1_out: Path,
 KILL_SCRIPT = textwrap.dedent("""
     import subprocess, sys, time
     from pathlib import Path
-    from appsdk import keys, release as rel
-    from appsdk.runner import Runner
+    from appsdk.trust import keys
+    from appsdk.update import release as rel
+    from appsdk.core.runner import Runner
     out, marker, moment, home, *builds = sys.argv[1:]
     # Where to stop: (module, function, which call, run it first?)
     where = {"copy": (rel, "_copy", 2, False), "sign": (keys, "sign", 1, True),

@@ -6,19 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from appsdk.boards import load_board
-from appsdk.errors import BuildError, ConfigError
-from appsdk.firmware import load_manifests
-from appsdk.inspect import FIRMWARE_RECORD
-from appsdk.rpi_boot import (
-    chain_files,
-    components,
-    config_txt,
-    esp_additions,
-    resolve,
-)
-from appsdk.stages.esp import build_esp_tree
-from appsdk.stages.rootfs import device_tree_dir
+from appsdk.contract.esprecord import FIRMWARE_RECORD
+from appsdk.core.errors import BuildError, ConfigError
+from appsdk.pipeline.rpi_boot import chain_files, components, config_txt, esp_additions, resolve
+from appsdk.pipeline.stages.esp import build_esp_tree
+from appsdk.pipeline.stages.rootfs import device_tree_dir
+from appsdk.spec.boards import load_board
+from appsdk.spec.firmware import load_manifests
 
 RPI4_DTBS = ["bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb", "bcm2711-rpi-cm4.dtb"]
 RPI5_DTBS = ["bcm2712-d-rpi-5-b.dtb", "bcm2712-rpi-5-b.dtb"]

@@ -7,10 +7,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from appsdk.errors import CommandTimeout
-from appsdk.progress import RecordingReporter
-from appsdk.provision_usb import RPIBOOT_TIMEOUT_S, maybe_rpiboot, usb_ids
-from appsdk.runner import FakeRunner, Result
+from appsdk.core.errors import CommandTimeout
+from appsdk.core.progress import RecordingReporter
+from appsdk.core.runner import FakeRunner, Result
+from appsdk.deliver.provision_usb import RPIBOOT_TIMEOUT_S, maybe_rpiboot, usb_ids
 
 # The same CM4, as udevd reports it and as the bare kernel uevent does.
 UDEV = {"DEVTYPE": "usb_device", "ID_VENDOR_ID": "0a5c", "ID_MODEL_ID": "2711",

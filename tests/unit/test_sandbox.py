@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from appsdk.errors import CommandFailed
-from appsdk.runner import FakeRunner, Result
-from appsdk.sandbox import Sandbox
+from appsdk.core.errors import CommandFailed
+from appsdk.core.runner import FakeRunner, Result
+from appsdk.core.sandbox import Sandbox
 
 
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")

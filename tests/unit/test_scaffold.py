@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from appsdk.config import load_appliance
-from appsdk.errors import ConfigError
-from appsdk.scaffold import init
+from appsdk.core.errors import ConfigError
+from appsdk.spec.appliance import load_appliance
+from appsdk.spec.scaffold import init
 
 
 def test_init_makes_an_appliance_that_loads(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from appsdk.errors import ConfigError
-from appsdk.serve import make_server, serve_in_thread
+from appsdk.core.errors import ConfigError
+from appsdk.update.serve import make_server, serve_in_thread
 
 
 @pytest.fixture

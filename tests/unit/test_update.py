@@ -13,14 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appsdk import keys
-from appsdk.boards import load_board
-from appsdk.config import load_appliance
-from appsdk.errors import ConfigError, VerifyFailed
-from appsdk.layout import layout_for
-from appsdk.ondevice import sysupdate_transfers
-from appsdk.runner import Runner
-from appsdk.stages.update import format_sums, parse_sums, sha256sums, update_names
+from appsdk.contract.layout import layout_for
+from appsdk.contract.ondevice import sysupdate_transfers
+from appsdk.contract.updatefiles import format_sums, parse_sums, sha256sums, update_names
+from appsdk.core.errors import ConfigError, VerifyFailed
+from appsdk.core.runner import Runner
+from appsdk.spec.appliance import load_appliance
+from appsdk.spec.boards import load_board
+from appsdk.trust import keys
 
 REPO = Path(__file__).resolve().parents[2]
 needs_gpg = pytest.mark.skipif(shutil.which("gpg") is None, reason="gpg not installed")

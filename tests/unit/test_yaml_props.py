@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_provision_plan import PLAN
 
-from appsdk import yamlsrc
-from appsdk.config import load_appliance
-from appsdk.errors import ConfigError
-from appsdk.provision_serial import load_plan
+from appsdk.core.errors import ConfigError
+from appsdk.deliver.provision_serial import load_plan
+from appsdk.spec import yamlsrc
+from appsdk.spec.appliance import load_appliance
 
 REPO = Path(__file__).resolve().parents[2]
 HELLO = (REPO / "examples/hello/appliance.yaml").read_text()

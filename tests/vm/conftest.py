@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import appsdk
-from appsdk import keys
-from appsdk.runner import Runner
+from appsdk.core.runner import Runner
+from appsdk.trust import keys
 
 sys.path.insert(0, str(Path(__file__).parent))
 from vmlib import build_hello, free_port

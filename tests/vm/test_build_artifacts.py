@@ -15,9 +15,10 @@ import pytest
 from vmlib import build_hello
 
 import appsdk
-from appsdk import bmap, keys
-from appsdk.pe import read_text, sections
-from appsdk.progress import RecordingReporter
+from appsdk.core.progress import RecordingReporter
+from appsdk.image import bmap
+from appsdk.image.pe import read_text, sections
+from appsdk.trust import keys
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,7 +67,7 @@ def test_sfdisk_reads_the_gpt(hello_v1: appsdk.BuildResult) -> None:
 def test_inspect_reads_back_what_the_build_recorded(hello_v1: appsdk.BuildResult) -> None:
     """`appsdk inspect` on the bare image (GPT parsed by us, ESP read with mtools) agrees
     with build.json and with sfdisk."""
-    from appsdk.inspect import inspect
+    from appsdk.image.inspect import inspect
 
     record = appsdk.load_build(hello_v1.output)
     bare = inspect(hello_v1.image)

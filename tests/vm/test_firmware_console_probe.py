@@ -7,8 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from appsdk.boards import load_board
-from appsdk.qemu import KVM_PROBE_S, VmSpec, _run_probe, firmware_vars, kvm_verdict, qemu_argv
+from appsdk.emulate.qemu import (
+    KVM_PROBE_S,
+    VmSpec,
+    _run_probe,
+    firmware_vars,
+    kvm_verdict,
+    qemu_argv,
+)
+from appsdk.spec.boards import load_board
 
 
 def test_probe_sees_ovmf_write_to_its_console(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from vmlib import ovmf_vars, vm_boot
 
 import appsdk
 from appsdk.cli import main
-from appsdk.flash import image_digest, open_source
+from appsdk.deliver.flash import image_digest, open_source
 
 GiB = 1024**3
 

@@ -23,13 +23,13 @@ import yaml
 from vmlib import REPO, disk_copy, sysupdate_update, vm_boot, watch_boot
 
 import appsdk
-from appsdk import keys
-from appsdk.boards import load_board
-from appsdk.progress import TextReporter
-from appsdk.qemu import firmware_vars
-from appsdk.release import release
-from appsdk.runner import Runner
-from appsdk.serve import serve_in_thread
+from appsdk.core.progress import TextReporter
+from appsdk.core.runner import Runner
+from appsdk.emulate.qemu import firmware_vars
+from appsdk.spec.boards import load_board
+from appsdk.trust import keys
+from appsdk.update.release import release
+from appsdk.update.serve import serve_in_thread
 
 GiB = 1024**3
 LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
@@ -201,9 +201,9 @@ def test_rpi4_image_updates_and_rolls_back(
 def test_rpi4_image_carries_the_uboot_chain(rpi4_builds: dict[str, appsdk.BuildResult]) -> None:
     """The arm64 build's ESP, read back from the bare image: the Pi's firmware chain next
     to systemd-boot and the UKI, with the pinned versions on record."""
-    from appsdk.firmware import load_manifests
-    from appsdk.inspect import inspect
-    from appsdk.rpi_boot import config_txt
+    from appsdk.image.inspect import inspect
+    from appsdk.pipeline.rpi_boot import config_txt
+    from appsdk.spec.firmware import load_manifests
 
     info = inspect(rpi4_builds["1.0"].image)
     assert (info["board"], info["firmware_chain"]) == ("rpi4", "rpi+uboot")

@@ -19,14 +19,14 @@ from lineproxy import UART_RATE, LineProxy
 from vmlib import Vm, disk_copy, free_port, ovmf_vars, start
 
 import appsdk
-from appsdk import keys as appsdk_keys
-from appsdk.boards import load_board
-from appsdk.console import SerialConsole, Shell
-from appsdk.filepush import PushFailed, push_bytes
-from appsdk.provision_serial import install_local_update
-from appsdk.qemu import VmSpec, qemu_argv
-from appsdk.release import release
-from appsdk.runner import Runner
+from appsdk.core.runner import Runner
+from appsdk.deliver.console import SerialConsole, Shell
+from appsdk.deliver.filepush import PushFailed, push_bytes
+from appsdk.deliver.provision_serial import install_local_update
+from appsdk.emulate.qemu import VmSpec, qemu_argv
+from appsdk.spec.boards import load_board
+from appsdk.trust import keys as appsdk_keys
+from appsdk.update.release import release
 
 GiB = 1024**3
 BANNER = r"appsdk: IMAGE_ID=hello IMAGE_VERSION=1.0 booted"

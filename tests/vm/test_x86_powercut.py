@@ -18,10 +18,10 @@ import pytest
 from vmlib import SYSUPDATE, disk_copy, ovmf_vars, sysupdate_update, vm_boot, watch_boot
 
 import appsdk
-from appsdk import keys
-from appsdk.release import release
-from appsdk.runner import Runner
-from appsdk.serve import serve_in_thread
+from appsdk.core.runner import Runner
+from appsdk.trust import keys
+from appsdk.update.release import release
+from appsdk.update.serve import serve_in_thread
 
 GiB = 1024**3
 UP = r"appsdk: IMAGE_ID=hello IMAGE_VERSION=\S+ booted"

@@ -23,10 +23,10 @@ import yaml
 from vmlib import REPO, disk_copy, ovmf_vars, sysupdate_update, vm_boot, watch_boot
 
 import appsdk
-from appsdk import keys
-from appsdk.release import release
-from appsdk.runner import Runner
-from appsdk.serve import serve_in_thread
+from appsdk.core.runner import Runner
+from appsdk.trust import keys
+from appsdk.update.release import release
+from appsdk.update.serve import serve_in_thread
 
 GiB = 1024**3
 V1_UP = r"appsdk: IMAGE_ID=hello IMAGE_VERSION=1\.0 booted"

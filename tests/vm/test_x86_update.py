@@ -16,12 +16,12 @@ import pytest
 from vmlib import TRANSFER_TIMEOUT, disk_copy, ovmf_vars, sysupdate_update, vm_boot
 
 import appsdk
-from appsdk import keys
-from appsdk.release import release
-from appsdk.runner import Runner
-from appsdk.serve import serve_in_thread
-from appsdk.stages.update import SUMS, sha256sums
-from appsdk.tools import ensure_tools
+from appsdk.contract.updatefiles import SUMS, sha256sums
+from appsdk.core.runner import Runner
+from appsdk.pipeline.tools import ensure_tools
+from appsdk.trust import keys
+from appsdk.update.release import release
+from appsdk.update.serve import serve_in_thread
 
 GiB = 1024**3
 SYSUPDATE = "appsdk-update --no-pager"
@@ -217,7 +217,7 @@ def test_blessed_v2_stays_default(update_run: dict[str, object]) -> None:
 
 def erofs_file_offset(usr_image: Path, path: str) -> int:
     """Physical offset of a file's first data extent in the erofs image (dump.erofs)."""
-    tools = ensure_tools(Runner(), appsdk.progress.NullReporter())
+    tools = ensure_tools(Runner(), appsdk.core.progress.NullReporter())
     out = tools.sandbox(ro_binds=(usr_image.parent,)).run(
         Runner(), ["dump.erofs", f"--path={path}", "-e", str(usr_image)]).stdout
     for line in out.splitlines():

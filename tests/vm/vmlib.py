@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import appsdk
-from appsdk import keys
-from appsdk.console import SerialConsole, Shell
-from appsdk.progress import TextReporter
+from appsdk.core.progress import TextReporter
+from appsdk.deliver.console import SerialConsole, Shell
+from appsdk.trust import keys
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -186,8 +186,8 @@ def vm_boot(disk: Path, vars_fd: Path | None, log_dir: Path, name: str,
     """Boot a disk with appsdk's QEMU command line for the board (TCG, serial on a free
     port, -no-reboot so every reset or power-off ends the process: one boot, one Vm).
     `vars_fd`: the machine's UEFI variable store (firmware_vars), kept across its boots."""
-    from appsdk.boards import load_board
-    from appsdk.qemu import VmSpec, qemu_argv
+    from appsdk.emulate.qemu import VmSpec, qemu_argv
+    from appsdk.spec.boards import load_board
 
     port = free_port()
     spec = VmSpec(board=load_board(board), disk=disk, snapshot=False, serial_port=port,

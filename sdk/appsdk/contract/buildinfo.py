@@ -1,0 +1,175 @@
+"""build.json: what a build directory holds. Kept apart from the pipeline so that flash,
+inspect and release read it without importing the build machinery.
+
+`load_build` validates every field a reader uses (in `check_record`), so readers index the
+dict without guarding; a flaw is a ConfigError naming build.json and the field."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from appsdk.core.errors import ConfigError
+from appsdk.core.inputfile import open_regular
+from appsdk.spec.appliance import ID_PATTERN, VERSION_PATTERN
+
+BUILD_JSON = "build.json"
+MAX_BYTES = 4 * 1024 * 1024  # a real build.json is a few KiB
+HINT = "build.json is written by `appsdk build`: rebuild rather than edit it"
+SHA256 = r"[0-9a-f]{64}"
+REQUIRED_ARTIFACTS = ("image", "bmap")
+
+
+def _fail(file: Path, field: str | None, message: str) -> ConfigError:
+    return ConfigError(message, file=str(file), field=field, hint=HINT)
+
+
+def plain_name(value: object, file: Path, field: str) -> str:
+    """A file name that stays in its directory: no '/', not '.' or '..', no NUL or other
+    control characters (names end up in SHA256SUMS lines), no leading '-' (an option)."""
+    if not isinstance(value, str) or not value:
+        raise _fail(file, field, f"must be a file name, got {value!r}")
+    bad = ("/" in value or value in (".", "..") or value.startswith("-")
+           or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
+           or len(value.encode("utf-8", "surrogatepass")) > 255)
+    if bad:
+        raise _fail(file, field, f"{value!r} is not a plain file name (no '/', '.', '..', "
+                    "control characters or leading '-')")
+    return value
+
+
+def _get(data: dict[str, Any], key: str, kind: type | tuple[type, ...], file: Path,
+         field: str, required: bool = True) -> Any:
+    if key not in data or data[key] is None:
+        if required:
+            raise _fail(file, field, "is missing")
+        return None
+    value = data[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # bool is an int in Python: `true` is no size.
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = "/".join({"dict": "an object", "str": "a string", "int": "an integer"}.get(
+            k.__name__, k.__name__) for k in kinds)
+        raise _fail(file, field, f"must be {names}, got {json.dumps(value)[:60]}")
+    return value
+
+
+def _text(data: dict[str, Any], key: str, file: Path, field: str, pattern: str | None = None,
+          required: bool = True) -> str | None:
+    value = _get(data, key, str, file, field, required)
+    if value is not None and pattern and not re.fullmatch(pattern, value):
+        raise _fail(file, field, f"{value[:60]!r} is not valid")
+    return value  # type: ignore[no-any-return]
+
+
+def _count(data: dict[str, Any], key: str, file: Path, field: str,
+           required: bool = True) -> int | None:
+    value = _get(data, key, int, file, field, required)
+    if value is not None and not 0 <= value < 2**63:
+        raise _fail(file, field, f"{value} is not a size in bytes")
+    return value  # type: ignore[no-any-return]
+
+
+def _artifacts(data: dict[str, Any], file: Path) -> None:
+    artifacts = _get(data, "artifacts", dict, file, "artifacts")
+    for kind in REQUIRED_ARTIFACTS:
+        if kind not in artifacts:
+            raise _fail(file, f"artifacts.{kind}", "is missing")
+    seen: dict[str, str] = {}
+    for kind, entry in artifacts.items():
+        field = f"artifacts.{kind}"
+        _get(artifacts, kind, dict, file, field)
+        name = plain_name(_get(entry, "file", str, file, f"{field}.file"), file,
+                          f"{field}.file")
+        if name in seen:
+            raise _fail(file, f"{field}.file", f"names {name!r}, as artifacts.{seen[name]} "
+                        "does")
+        seen[name] = kind
+        _text(entry, "sha256", file, f"{field}.sha256", SHA256)
+        _count(entry, "size", file, f"{field}.size")
+
+
+def check_record(data: object, file: Path) -> dict[str, Any]:
+    """`data` (parsed build.json) with every field a reader uses checked."""
+    if not isinstance(data, dict):
+        raise _fail(file, None, f"must be a JSON object, got {type(data).__name__}")
+    _text(data, "id", file, "id", ID_PATTERN)
+    _text(data, "version", file, "version", VERSION_PATTERN)
+    board = _get(data, "board", dict, file, "board")
+    plain_name(_get(board, "name", str, file, "board.name"), file, "board.name")
+    for key in ("arch", "firmware_chain", "console"):
+        _text(board, key, file, f"board.{key}", required=False)
+    _artifacts(data, file)
+    _count(data, "min_device_size", file, "min_device_size", required=False)
+    _text(data, "cmdline", file, "cmdline", required=False)
+    update = _get(data, "update", dict, file, "update", required=False)
+    if update is not None:
+        for key in ("url", "signed_by"):
+            _text(update, key, file, f"update.{key}", required=False)
+    return data
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def parse_record(raw: bytes, file: Path) -> dict[str, Any]:
+    """build.json's bytes as a checked record."""
+    if len(raw) > MAX_BYTES:
+        raise _fail(file, None, f"larger than {MAX_BYTES // 1024 // 1024} MiB: not a "
+                    "build record")
+    if (nul := raw.find(0)) >= 0:
+        raise _fail(file, None, f"NUL byte at offset {nul}: not a build record")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _fail(file, None, f"not UTF-8 (byte offset {exc.start})") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicates)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"not JSON: {exc.msg} (column {exc.colno})", file=str(file),
+                          line=exc.lineno, hint=HINT) from None
+    except (ValueError, RecursionError) as exc:  # duplicate keys, huge numbers, deep nesting
+        raise _fail(file, None, f"not a build record: {str(exc)[:100]}") from None
+    return check_record(data, file)
+
+
+def load_build(path: Path) -> dict[str, Any]:
+    """Read and check build.json of a build directory (or the file itself)."""
+    file = path / BUILD_JSON if path.is_dir() else path
+    try:
+        with open_regular(file, "build.json") as f:
+            raw = f.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError("no build.json: not a finished build directory", file=str(file),
+                          hint="run `appsdk build` first") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", file=str(file)) from None
+    return parse_record(raw, file)
+
+
+def locate_image(path: Path) -> tuple[Path, dict[str, Any] | None]:
+    """(disk image, build record) for a build directory or an image file. An image's
+    record is the build.json beside it, and only if that build.json names this image."""
+    if path.is_dir():
+        record = load_build(path)
+        image = path / record["artifacts"]["image"]["file"]
+        if not image.is_file():
+            raise ConfigError(f"build.json names the image {image.name}, which is missing",
+                              file=str(image), hint="rebuild, or copy the image back")
+        return image, record
+    if not path.is_file():
+        raise ConfigError("no such image or build directory", file=str(path))
+    sibling = path.parent / BUILD_JSON
+    if sibling.exists():
+        record = load_build(sibling)
+        if record["artifacts"]["image"]["file"] == path.name:
+            return path, record
+    return path, None

@@ -1,0 +1,83 @@
+"""`appsdk inspect`: what a disk image holds, read from the image itself: the GPT (parsed
+by gpt.py), the ESP's files (copied out with mtools, no mount), the UKI's command line and
+os-release, systemd-boot's version, and the firmware versions appsdk recorded on the ESP."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from appsdk.contract.esprecord import FIRMWARE_RECORD, parse_firmware_record
+from appsdk.core.digest import sha256_file
+from appsdk.core.errors import VerifyFailed
+from appsdk.core.runner import Runner
+from appsdk.image import gpt
+
+
+def read_gpt(image: Path) -> dict[str, Any]:
+    """The GPT (both copies checked, see gpt.py) as inspect reports it."""
+    return gpt.read(image).as_dict()
+
+
+def esp_tree(image: Path, offset: int, target: Path, runner: Runner) -> None:
+    runner.run(["mcopy", "-s", "-n", "-m", "-i", f"{image}@@{offset}", "::/", str(target)],
+               env={"MTOOLS_SKIP_CHECK": "1"})
+
+
+def _osrel(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key] = value.strip().strip('"')
+    return out
+
+
+def inspect(target: Path, runner: Runner | None = None) -> dict[str, Any]:
+    from appsdk.contract.buildinfo import locate_image
+    from appsdk.image import pe
+
+    runner = runner or Runner()
+    image, record = locate_image(target)
+    gpt = read_gpt(image)
+    esp = next((p for p in gpt["partitions"] if p["type"] == "esp"), None)
+    if esp is None:
+        raise VerifyFailed(f"{image}: no EFI system partition")
+    info: dict[str, Any] = {
+        "image": str(image), "image_size": image.stat().st_size,
+        "board": record["board"]["name"] if record else None,
+        "firmware_chain": record["board"].get("firmware_chain") if record else None,
+        **gpt, "esp_files": [], "firmware": {}, "id": None, "version": None,
+        "cmdline": None, "systemd_boot": None,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "esp"
+        root.mkdir()
+        esp_tree(image, esp["offset"], root, runner)
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            info["esp_files"].append({
+                "path": path.relative_to(root).as_posix(), "size": path.stat().st_size,
+                "sha256": sha256_file(path)})
+        ukis = sorted((root / "EFI/Linux").glob("*.efi")) if (root / "EFI/Linux").is_dir() \
+            else []
+        if ukis:
+            uki = ukis[-1]
+            info["uki"] = uki.name
+            info["cmdline"] = pe.read_text(uki, ".cmdline").strip()
+            osrel = _osrel(pe.read_text(uki, ".osrel"))
+            info["id"], info["version"] = osrel.get("IMAGE_ID"), osrel.get("IMAGE_VERSION")
+        for boot in sorted((root / "EFI/systemd").glob("systemd-boot*.efi")) \
+                if (root / "EFI/systemd").is_dir() else []:
+            magic = pe.read_text(boot, ".sdmagic")
+            info["systemd_boot"] = magic.replace("#### LoaderInfo:", "").strip(" #")
+        record_file = root / FIRMWARE_RECORD
+        if record_file.is_file():
+            # The image's bytes, any. A bare image (no build.json) still names its board
+            # and chain on the ESP.
+            found = parse_firmware_record(record_file.read_text(errors="replace"))
+            info["board"] = info["board"] or found.board
+            info["firmware_chain"] = info["firmware_chain"] or found.chain
+            for pin in found.pins:
+                info["firmware"][pin.name] = {"version": pin.version, "sha256": pin.sha256}
+    return info

@@ -1,0 +1,1 @@
+"""The build stages, each a function of paths and small frozen records."""

@@ -1,0 +1,281 @@
+"""appliance.yaml (schema 1): what an appliance is, validated with file:line errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appsdk.core.errors import ConfigError
+from appsdk.core.units import MiB
+from appsdk.spec import fields
+from appsdk.spec.fields import SIZE_LIMITS, Reader
+from appsdk.spec.yamlsrc import load
+
+SCHEMA_VERSION = 1
+FILENAME = "appliance.yaml"
+
+# The id and version rules live with their validators (fields); scaffold and buildinfo
+# read them from here.
+ID_PATTERN = fields.ID_PATTERN
+VERSION_PATTERN = fields.VERSION_PATTERN
+PACKAGE_PATTERN = r"[a-z0-9][a-z0-9+.-]+(?:/[a-z0-9-]+)?"
+SUITE_PATTERN = r"[a-z][a-z0-9-]*"
+
+TOP_FIELDS = {
+    "schema", "id", "name", "version", "board", "base", "overlay", "kernel",
+    "partitions", "console", "services", "health", "update", "boot", "firmware",
+}
+
+
+@dataclass(frozen=True)
+class BaseOS:
+    suite: str = "trixie"
+    mirror: str = "http://deb.debian.org/debian"
+    components: tuple[str, ...] = ("main",)
+    packages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Partitions:
+    esp: int = 256 * MiB
+    usr: int = 1024 * MiB
+    var_min: int = 2048 * MiB
+
+
+@dataclass(frozen=True)
+class Console:
+    autologin: bool = False  # root autologin on the serial console: development images only
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    name: str
+    command: str | None = None
+    unit: str | None = None
+    url: str | None = None
+    timeout: int = 30
+
+
+@dataclass(frozen=True)
+class Boot:
+    deadline: int = 300  # s: a trial boot not confirmed by then is reset
+    watchdog: int = 30  # s: systemd's runtime watchdog (capped at the board's maximum); 0: off
+    tries: int = 3  # boots a new version gets before systemd-boot falls back
+
+
+@dataclass(frozen=True)
+class Update:
+    url: str | None = None
+    automatic: bool = False  # run systemd-sysupdate.timer on the device
+    key: Path | None = None  # GnuPG home of the signing key (default: per-user config dir)
+
+
+@dataclass(frozen=True)
+class Appliance:
+    id: str
+    version: str
+    name: str
+    board: str
+    base: BaseOS
+    overlay: Path | None
+    cmdline: tuple[str, ...]
+    modules_exclude: tuple[str, ...]
+    partitions: Partitions
+    console: Console
+    services: tuple[str, ...] = ()
+    health: tuple[HealthCheck, ...] = ()
+    update: Update = field(default_factory=Update)
+    boot: Boot = field(default_factory=Boot)
+    firmware: str | None = None  # the board's firmware chain; None: the board's default
+    source: Path | None = None
+
+    def with_version(self, version: str, flag: str = "--version") -> Appliance:
+        """This appliance with another version (an override; errors name `flag`)."""
+        import dataclasses
+
+        return dataclasses.replace(self, version=fields.version(version, flag))
+
+
+def find_config(path: Path) -> Path:
+    """Accept the appliance directory or the file itself."""
+    return path / FILENAME if path.is_dir() else path
+
+
+def load_appliance(path: Path) -> Appliance:
+    file = find_config(path)
+    src = load(file)
+    top = Reader(src, (), src.data, TOP_FIELDS)
+    schema = top.integer("schema", SCHEMA_VERSION)
+    if schema != SCHEMA_VERSION:
+        raise src.error(("schema",), f"schema {schema} is not supported (this appsdk reads 1)")
+
+    base = top.sub("base", {"distribution", "suite", "mirror", "components", "packages"})
+    distribution = base.text("distribution", "debian")
+    if distribution != "debian":
+        raise src.error(("base", "distribution"), f"{distribution!r} is not supported (debian)")
+    mirror = base.check("mirror", fields.mirror_url, BaseOS.mirror)
+
+    overlay: Path | None = None
+    if top.has("overlay"):
+        overlay = (file.parent / top.text("overlay")).resolve()
+        if not overlay.is_dir():
+            raise src.error(("overlay",), f"directory {overlay} does not exist")
+        _check_overlay(src.error, overlay)
+
+    kernel = top.sub("kernel", {"cmdline", "modules_exclude"})
+    parts = top.sub("partitions", {"esp", "usr", "var_min"})
+    partitions = Partitions(
+        esp=parts.size("esp", Partitions.esp, SIZE_LIMITS["esp"]),
+        usr=parts.size("usr", Partitions.usr, SIZE_LIMITS["usr"]),
+        var_min=parts.size("var_min", Partitions.var_min, SIZE_LIMITS["var_min"]),
+    )
+
+    console = top.sub("console", {"autologin"})
+    # yamlsrc keeps an unquoted 1.10 as the text "1.10" (YAML 1.1 would read 1.1).
+    app_id = top.check("id", fields.app_id)
+    return Appliance(
+        id=app_id,
+        version=top.check("version", fields.version),
+        name=top.check("name", fields.display_name, app_id),
+        board=top.check("board", fields.board_name, "x86-uefi"),
+        firmware=top.text("firmware", pattern=r"[a-z0-9]+(\+[a-z0-9]+)?",
+                          what="a firmware chain, e.g. rpi+uboot")
+        if top.has("firmware") else None,
+        base=BaseOS(
+            suite=base.text("suite", BaseOS.suite, pattern=SUITE_PATTERN, what="a Debian suite"),
+            mirror=mirror,
+            components=base.texts("components", pattern=r"[a-z0-9][a-z0-9-]*",
+                                  what="an archive component (main, contrib, ...)")
+            or BaseOS.components,
+            packages=base.texts("packages", pattern=PACKAGE_PATTERN, what="a package name"),
+        ),
+        overlay=overlay,
+        cmdline=tuple(kernel.text("cmdline", "").split()),
+        modules_exclude=kernel.texts("modules_exclude", pattern=r"[a-z0-9_-]+(/[a-z0-9_-]+)*",
+                                     what="a path below the kernel's module tree"),
+        partitions=partitions,
+        console=Console(autologin=console.flag("autologin", False)),
+        services=top.texts("services", pattern=r"[A-Za-z0-9@_.:-]+\.(service|socket|timer|path)",
+                              what="a unit name (name.service, .socket, .timer, .path)"),
+        health=_health(top),
+        update=_update(top, overlay),
+        boot=_boot(top),
+        source=file.resolve(),
+    )
+
+
+def _check_overlay(error: object, overlay: Path) -> None:
+    """Refuse overlay entries that would be lost or would pull build-host files into the
+    image: a top (usr/, etc/) that is a symlink, device nodes, fifos, sockets, hard links to
+    files outside the overlay (their other names may be host secrets; we cannot see where),
+    unreadable entries. Symlinks below the tops are image paths, copied as links.
+    customize checks again while it copies: the tree can change in between."""
+    import os
+    import stat
+
+    def refuse(path: Path | str, why: str, hint: str) -> ConfigError:
+        return ConfigError(f"overlay entry {why}", file=str(path), hint=hint)
+
+    unreadable = "make it readable by the user running appsdk, or remove it"
+    try:
+        tops = sorted(overlay.iterdir())
+    except OSError as exc:
+        raise refuse(overlay, f"cannot be read: {exc.strerror}", unreadable) from None
+    stack: list[tuple[str, int]] = []
+    for entry in tops:
+        # / is a tmpfs and /var is per device: only /usr and /etc (kept as factory /etc) are
+        # imaged.
+        if entry.name not in ("usr", "etc"):
+            raise ConfigError(
+                f"overlay entry {entry.name!r} would be lost: only usr/ and etc/ are part of "
+                "the image (/ is a tmpfs, /var is per device)",
+                file=str(entry),
+                hint="move it under usr/ (e.g. usr/lib/<id>/) or etc/",
+            )
+        if entry.is_symlink():
+            raise refuse(entry, "is a symlink: the image would get what it points to on the "
+                         "build host", f"make {entry.name}/ a real directory in the overlay")
+        if not entry.is_dir():
+            raise refuse(entry, "is not a directory", f"make {entry.name}/ a directory")
+        stack.append((str(entry), 1))
+    names: dict[tuple[int, int], int] = {}  # inode -> names seen in the overlay
+    linked: dict[tuple[int, int], tuple[int, str]] = {}  # inode -> (link count, a name)
+    while stack:
+        directory, depth = stack.pop()
+        if depth > 64:
+            raise refuse(directory, "is nested too deep (more than 64 levels)",
+                         "flatten the overlay")
+        try:
+            with os.scandir(directory) as scan:
+                entries = [(e.path, e.stat(follow_symlinks=False)) for e in scan]
+        except OSError as exc:
+            raise refuse(directory, f"cannot be read: {exc.strerror}", unreadable) from None
+        for path, st in entries:
+            if stat.S_ISDIR(st.st_mode):
+                stack.append((path, depth + 1))
+            elif stat.S_ISREG(st.st_mode):
+                if not os.access(path, os.R_OK):
+                    raise refuse(path, "is not readable", unreadable)
+                if st.st_nlink > 1:
+                    inode = (st.st_dev, st.st_ino)
+                    names[inode] = names.get(inode, 0) + 1
+                    linked[inode] = (st.st_nlink, path)
+            elif not stat.S_ISLNK(st.st_mode):
+                raise refuse(path, "is a device node, fifo or socket: an image holds only "
+                             "files, directories and symlinks", "remove it from the overlay")
+    for inode, (nlink, path) in linked.items():
+        if names[inode] < nlink:
+            raise refuse(path, "is a hard link to a file outside the overlay",
+                         "copy the file into the overlay instead of linking it")
+
+
+def _health(top: Reader) -> tuple[HealthCheck, ...]:
+    raw = top.raw("health")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise top.src.error(("health",), "must be a list of checks")
+    checks: list[HealthCheck] = []
+    for index, _ in enumerate(raw):
+        item = Reader(top.src, ("health", index), raw[index],
+                      {"name", "command", "unit", "url", "timeout"})
+        kinds = [k for k in ("command", "unit", "url") if item.has(k)]
+        if len(kinds) != 1:
+            raise top.src.error(("health", index), "needs exactly one of command, unit, url")
+        name = item.check("name", fields.check_name, f"check{index}")
+        # The name makes the unit appsdk-health-NAME.service: two checks, one unit.
+        for other, check in enumerate(checks):
+            if check.name == name:
+                raise top.src.error((*item.path, "name"), f"{name!r} is also the name of "
+                                    f"health[{other}]", hint="give each check its own name")
+        checks.append(HealthCheck(
+            name=name,
+            command=item.check("command", fields.health_command) if item.has("command")
+            else None,
+            unit=item.check("unit", fields.unit_name) if item.has("unit") else None,
+            url=item.check("url", fields.health_url) if item.has("url") else None,
+            timeout=item.integer("timeout", 30, minimum=1),
+        ))
+    return tuple(checks)
+
+
+def _boot(top: Reader) -> Boot:
+    boot = top.sub("boot", {"deadline", "watchdog", "tries"})
+    return Boot(deadline=boot.integer("deadline", Boot.deadline, minimum=30),
+                watchdog=boot.integer("watchdog", Boot.watchdog, minimum=0),
+                # A bad update costs up to `tries` boots (each up to the deadline) before
+                # the fallback: more than a few only delays recovery.
+                tries=boot.integer("tries", Boot.tries, minimum=1, maximum=9))
+
+
+def _update(top: Reader, overlay: Path | None) -> Update:
+    update = top.sub("update", {"url", "automatic", "key"})
+    key = None
+    if update.has("key"):
+        key = update.check("key", lambda value, name: fields.key_dir(
+            value, name, base=top.src.path.parent, overlay=overlay))
+    return Update(
+        url=update.check("url", fields.update_url) if update.has("url") else None,
+        automatic=update.flag("automatic", False),
+        key=key,
+    )

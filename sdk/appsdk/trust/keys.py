@@ -1,0 +1,190 @@
+"""The project's update-signing key: an OpenPGP key in its own GnuPG home, outside the
+image. Devices get only the public key (as systemd's import keyring); gpg does the crypto."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from appsdk.core.errors import AppsdkError, CommandFailed, ConfigError, ToolMissing, VerifyFailed
+from appsdk.core.runner import Runner, require
+from appsdk.spec import fields
+from appsdk.spec.appliance import Appliance
+
+PUBRING = "pubring-export.gpg"  # binary public key, a valid keyring for `gpg --keyring`
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    home: Path
+    fingerprint: str
+
+    @property
+    def public_keyring(self) -> Path:
+        return self.home / PUBRING
+
+
+def default_dir(app_id: str) -> Path:
+    env = os.environ.get("APPSDK_KEYS_DIR")
+    if env:
+        return Path(env) / app_id
+    from appsdk.core.datadirs import config_home
+
+    return config_home() / "keys" / app_id
+
+
+def home_for(app: Appliance, override: Path | None = None) -> Path:
+    """The key's GnuPG home for `app`: `override` (--keys), else update.key, else the
+    per-user default. Whichever it is, never inside the overlay (fields.key_dir): the
+    overlay is copied into the image, the private key with it."""
+    if override is not None:
+        return fields.key_dir(str(override), "--keys", base=Path.cwd(), overlay=app.overlay)
+    if app.update.key is not None:
+        return app.update.key  # checked where appliance.yaml was read
+    origin = "APPSDK_KEYS_DIR" if os.environ.get("APPSDK_KEYS_DIR") else "the default key dir"
+    return fields.key_dir(str(default_dir(app.id)), origin, base=Path.cwd(),
+                          overlay=app.overlay)
+
+
+def _path(path: Path) -> str:
+    # Absolute, so that no path (" x", "-x", "--homedir=...") can read as a gpg option.
+    return os.path.abspath(path)
+
+
+def _gpg(home: Path, *args: str) -> list[str]:
+    return [require("gpg"), "--homedir", _path(home), "--batch", "--no-tty",
+            "--pinentry-mode", "loopback", "--passphrase", "", *args]
+
+
+def _stop_agent(home: Path, runner: Runner) -> None:
+    # gpg starts an agent per home; do not leave one behind per build or test.
+    runner.run(["gpgconf", "--homedir", _path(home), "--kill", "all"], check=False)
+
+
+def generate(directory: Path, uid: str, runner: Runner) -> SigningKey:
+    """A new key in a GnuPG home of its own. The directory is made here with mode 0700; an
+    existing one is used only if it is empty, ours and private, and is never chmod-ed
+    (`--keys /tmp` must not lock everyone else out of /tmp)."""
+    if not uid or any(ord(c) < 32 for c in uid):
+        raise ConfigError(f"{uid!r} cannot be a key's user id (empty or control characters)",
+                          field="name", hint="give the appliance a one-line name")
+    try:
+        require("gpg")
+        require("gpgconf")
+    except ToolMissing as exc:
+        raise ToolMissing(f"cannot create a key in {directory}: {exc}", hint=exc.hint) from None
+    created = _prepare_dir(directory)
+    try:
+        try:
+            runner.run(_gpg(directory, "--quick-gen-key", "--", uid, "ed25519", "sign",
+                            "never"))
+            key = load(directory, runner, need_pubring=False)
+            runner.run(_gpg(directory, "--output", _path(directory / PUBRING), "--export",
+                            "--", key.fingerprint))
+        finally:
+            _stop_agent(directory, runner)
+    except BaseException as exc:
+        _undo(directory, created)  # a half-made home would read as "a key already exists"
+        if isinstance(exc, CommandFailed):
+            raise AppsdkError(f"gpg could not create a key in {directory}:\n{exc.stderr.strip()}",
+                              hint="check that gpg works (gpg --version) and that the "
+                              "directory is on a local, writable filesystem") from None
+        raise
+    return key
+
+
+def _refuse(directory: Path, why: str, hint: str = "choose a new --keys DIR (appsdk creates "
+            "it with mode 0700)") -> ConfigError:
+    return ConfigError(why, file=str(directory), hint=hint)
+
+
+def _prepare_dir(directory: Path) -> bool:
+    """Make the key directory (True), or check that an existing one is fit (False)."""
+    try:
+        st = os.stat(directory)  # through a link: what counts is the directory gpg uses
+    except FileNotFoundError:
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(directory, 0o700)
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            try:
+                os.fchmod(fd, 0o700)  # we made it: exactly 0700, whatever the umask
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise _refuse(directory, f"cannot create the key directory: {exc.strerror}",
+                          "choose a --keys DIR in a place you can write to") from None
+        return True
+    except OSError as exc:
+        raise _refuse(directory, f"cannot use the key directory: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise _refuse(directory, "exists and is not a directory")
+    if (directory / PUBRING).exists() or (directory / "private-keys-v1.d").exists():
+        raise _refuse(directory, "a signing key already exists here; not overwriting",
+                      "use it, or choose another --keys DIR")
+    if os.listdir(directory):
+        raise _refuse(directory, "is not empty: a new key needs a directory of its own")
+    if st.st_uid != os.geteuid():
+        raise _refuse(directory, "belongs to another user")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise _refuse(directory, f"is open to other users (mode {stat.S_IMODE(st.st_mode):04o})"
+                      "; appsdk does not change a directory it did not create",
+                      "choose a new --keys DIR (appsdk creates it with mode 0700), or run "
+                      "chmod 700 on this one yourself")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise _refuse(directory, "is not writable")
+    return False
+
+
+def _undo(directory: Path, created: bool) -> None:
+    if created:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    for entry in directory.iterdir():  # it was empty: remove only what gpg made
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def load(directory: Path, runner: Runner, need_pubring: bool = True) -> SigningKey:
+    if not directory.is_dir():
+        raise ConfigError("no update-signing key", file=str(directory),
+                          hint="create one with `appsdk keys generate`, or point --keys at it")
+    out = runner.run(_gpg(directory, "--with-colons", "--list-secret-keys")).stdout
+    match = re.search(r"^fpr:+([0-9A-F]{40,64}):", out, re.M)
+    if not match:
+        raise ConfigError("no secret key in this GnuPG home", file=str(directory),
+                          hint="create one with `appsdk keys generate`")
+    key = SigningKey(directory, match.group(1))
+    if need_pubring and not key.public_keyring.exists():
+        raise ConfigError(f"{PUBRING} missing", file=str(directory))
+    return key
+
+
+def sign(key: SigningKey, file: Path, runner: Runner) -> Path:
+    """Detached binary signature FILE.gpg (what systemd-sysupdate/systemd-pull verify)."""
+    signature = file.with_name(file.name + ".gpg")
+    signature.unlink(missing_ok=True)
+    try:
+        runner.run(_gpg(key.home, "--yes", "--local-user", key.fingerprint, "--detach-sign",
+                        "--output", _path(signature), "--", _path(file)))
+    finally:
+        _stop_agent(key.home, runner)
+    return signature
+
+
+def verify(public_keyring: Path, file: Path, signature: Path, runner: Runner) -> None:
+    """Check a signature with nothing but the public key, as a device does."""
+    with tempfile.TemporaryDirectory(prefix="appsdk-gpg-") as home:
+        result = runner.run(_gpg(Path(home), "--no-default-keyring", "--keyring",
+                                 _path(public_keyring), "--trust-model", "always",
+                                 "--verify", "--", _path(signature), _path(file)), check=False)
+        _stop_agent(Path(home), runner)
+    if result.returncode != 0:
+        raise VerifyFailed(f"bad signature on {file}:\n{result.stderr.strip()}")
