@@ -47,15 +47,15 @@ def main() -> None:
 
     import appsdk
 
-    record = appsdk.load_build(result.output)  # type: ignore[attr-defined]
+    record = appsdk.load_record(result.output)
     figures = {
         "cold_build_s": round(cold, 1),
         "warm_rebuild_after_overlay_change_s": round(warm, 1),
         "warm_over_cold": round(warm / cold, 3),
-        "image_size_mb": round(record["artifacts"]["image"]["size"] / 1e6, 1),
-        "bmap_mapped_mb": round(record["bmap"]["mapped_bytes"] / 1e6, 1),
-        "usr_image_mb": round(record["artifacts"]["usr"]["size"] / 1e6, 1),
-        "uki_mb": round(record["artifacts"]["uki"]["size"] / 1e6, 1),
+        "image_size_mb": round(record.artifacts["image"].size / 1e6, 1),
+        "bmap_mapped_mb": round((record.mapped_bytes or 0) / 1e6, 1),
+        "usr_image_mb": round(record.artifacts["usr"].size / 1e6, 1),
+        "uki_mb": round(record.artifacts["uki"].size / 1e6, 1),
         "reference_nixos_image_mb": 1100,
     }
     print(f"cold build                  {cold:7.1f} s")

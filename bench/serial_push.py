@@ -33,18 +33,18 @@ def main() -> None:
     from lineproxy import LineProxy
     from vmlib import Vm, disk_copy, free_port, ovmf_vars
 
-    from appsdk.contract.buildinfo import load_build
+    from appsdk.contract.buildinfo import load_record
     from appsdk.deliver.filepush import push_bytes
     from appsdk.deliver.provision_serial import DevicePlan, FileSpec, provision_serial
     from appsdk.emulate.qemu import VmSpec, qemu_argv
     from appsdk.spec.boards import load_board
 
-    record = load_build(args.build)
+    record = load_record(args.build)
     work = Path(tempfile.mkdtemp(prefix="appsdk-serial-bench-"))
-    disk = disk_copy(args.build / record["artifacts"]["image"]["file"], work / "disk.img",
-                     6 * 1024**3)
+    disk = disk_copy(record.path("image"), work / "disk.img", 6 * 1024**3)
     qemu_port = free_port()
-    spec = VmSpec(board=load_board("x86-uefi"), disk=disk, snapshot=False,
+    spec = VmSpec(board=record.board if record.board.emulators else load_board("x86-uefi"),
+                  disk=disk, snapshot=False,
                   serial_port=qemu_port, accel="tcg", no_reboot=True,
                   vars_file=ovmf_vars(work))
     proxy = LineProxy(qemu_port)

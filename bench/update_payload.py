@@ -22,18 +22,20 @@ def main() -> None:
     parser.add_argument("build", type=Path)
     parser.add_argument("--vm-logs", type=Path)
     args = parser.parse_args()
-    record = json.loads((args.build / "build.json").read_text())
-    art = record["artifacts"]
-    parts = {k: art[f"update-{k}"]["size"] for k in ("uki", "usr", "verity")}
+    from appsdk import load_record
+
+    record = load_record(args.build)
+    art = record.artifacts
+    parts = {k: art[f"update-{k}"].size for k in ("uki", "usr", "verity")}
     payload = sum(parts.values())
     print(f"update payload          {payload / 1e6:7.1f} MB = {payload / 1e6 / REFERENCE_MB:.2f}x "
           f"the {REFERENCE_MB} MB NixOS reference (goal <= 80 MB)")
     for kind, size in parts.items():
         print(f"  {kind:<8}              {size / 1e6:7.1f} MB")
-    slot = record["partition_sizes"]
-    print(f"/usr image in its slot  {art['usr']['size'] / 1e6:7.1f} MB of "
-          f"{slot['usr'] / 1e6:.0f} MB ({art['usr']['size'] / slot['usr']:.0%})")
-    print(f"verity tree             {art['verity']['size'] / 1e6:7.1f} MB of "
+    slot = record.partition_sizes
+    print(f"/usr image in its slot  {art['usr'].size / 1e6:7.1f} MB of "
+          f"{slot['usr'] / 1e6:.0f} MB ({art['usr'].size / slot['usr']:.0%})")
+    print(f"verity tree             {art['verity'].size / 1e6:7.1f} MB of "
           f"{slot['verity'] / 1e6:.0f} MB")
     if args.vm_logs and (args.vm_logs / "figures-update.json").exists():
         figures = json.loads((args.vm_logs / "figures-update.json").read_text())

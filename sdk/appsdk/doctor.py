@@ -11,7 +11,7 @@ from appsdk.core.errors import ToolMissing
 from appsdk.core.foreign import check_binfmt
 from appsdk.emulate.qemu import kvm_works
 from appsdk.pipeline.tools import TOOLS_USED, cached_tools
-from appsdk.spec.boards import list_boards, load_board
+from appsdk.spec.boards import DEFAULT_BOARD, HostFile, list_boards, load_board
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,8 @@ def run_checks() -> list[Check]:
         for em in board.emulators:
             # Pinned firmware (component:file) is fetched on first use; host paths must exist.
             refs = em.firmware_code or ((em.bios,) if em.bios else ())
-            local = [r for r in refs if r.startswith("/")]
-            code = next((r for r in local if Path(r).exists()), None)
+            local = [r for r in refs if isinstance(r, HostFile)]
+            code = next((r for r in local if r.path.exists()), None)
             ok = code is not None or not local
             checks.append(Check(f"firmware:{board.name}/{em.name}", ok,
                                 code or (refs[0] if ok and refs else "missing"),
@@ -99,7 +99,7 @@ def run_checks() -> list[Check]:
     except ToolMissing as exc:
         checks.append(Check("binfmt:arm64", False, exc.hint or str(exc), str(exc)))
     if shutil.which("qemu-system-x86_64"):
-        kvm = kvm_works(load_board("x86-uefi"))
+        kvm = kvm_works(load_board(DEFAULT_BOARD))
         checks.append(Check("kvm", True, "usable" if kvm else "not usable: TCG is used",
                             "hardware acceleration for appsdk run"))
     return checks

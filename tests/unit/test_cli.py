@@ -27,7 +27,8 @@ from appsdk.core.errors import (
 )
 from appsdk.emulate.qemu import check_ports, prepare_disk
 
-CLI_SOURCE = Path(cli.__file__).read_text()
+# Every module of the cli package (cli.__file__ is only its __init__.py).
+CLI_SOURCE = "\n".join(p.read_text() for p in sorted(Path(cli.__file__).parent.glob("*.py")))
 
 
 @pytest.fixture(autouse=True)

@@ -144,3 +144,18 @@ def test_health_check_script_command_and_retry(tmp_path: Path) -> None:
     # Passes once the condition becomes true within the timeout.
     subprocess.Popen(["bash", "-c", f"sleep 1; touch {flag}"])
     assert check("command", f"test -e {flag}", "10") == 0
+
+
+def test_a_check_is_one_probe() -> None:
+    from appsdk.contract.confirm import check_target
+    from appsdk.core.errors import ConfigError
+    from appsdk.spec.appliance import CommandProbe, UnitProbe, UrlProbe
+
+    by_key = HealthCheck("a", unit="web.service")
+    assert by_key == HealthCheck("a", UnitProbe("web.service"))
+    assert (by_key.unit, by_key.command, by_key.url) == ("web.service", None, None)
+    assert check_target(HealthCheck("b", CommandProbe("true"))) == ("command", "true")
+    assert check_target(HealthCheck("c", UrlProbe("http://x/"))) == ("url", "http://x/")
+    for bad in ({}, {"unit": "a.service", "url": "http://x/"}):
+        with pytest.raises(ConfigError, match="needs exactly one of command, unit, url"):
+            HealthCheck("d", **bad)  # type: ignore[arg-type]

@@ -42,10 +42,10 @@ import stat  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
 from appsdk.core.errors import AppsdkError, BuildError, ConfigError  # noqa: E402
-from appsdk.pipeline.stages.customize import (  # noqa: E402
+from appsdk.pipeline.stages.customize import prune_modules  # noqa: E402
+from appsdk.pipeline.treefs import (  # noqa: E402
     _TreeCopy,
     copy_overlay,
-    prune_modules,
     read_in_tree,
     write_in_tree,
 )

@@ -4,9 +4,11 @@ never gets there, and systemd's runtime watchdog resets a hung kernel or PID 1."
 
 from __future__ import annotations
 
+from typing import assert_never
+
 from appsdk.contract.ondevice import File, device_script
 from appsdk.core.errors import ConfigError
-from appsdk.spec.appliance import Appliance, HealthCheck
+from appsdk.spec.appliance import Appliance, CommandProbe, HealthCheck, UnitProbe, UrlProbe
 from appsdk.spec.boards import Board
 
 # appsdk-lib, which they all source, comes with ondevice.esp_files (every image has it).
@@ -56,11 +58,15 @@ def systemd_quote(text: str) -> str:
 
 
 def check_target(check: HealthCheck) -> tuple[str, str]:
-    for kind in ("command", "unit", "url"):
-        value = getattr(check, kind)
-        if value:
-            return kind, value
-    raise ConfigError(f"health check {check.name} has nothing to check")
+    """appsdk-health-check's KIND and TARGET arguments for a check."""
+    match check.probe:
+        case CommandProbe(command=command):
+            return "command", command
+        case UnitProbe(unit=unit):
+            return "unit", unit
+        case UrlProbe(url=url):
+            return "url", url
+    assert_never(check.probe)
 
 
 def health_unit_name(check: HealthCheck) -> str:

@@ -6,6 +6,10 @@ from __future__ import annotations
 import errno
 from typing import Any
 
+# The exit status of a command that did its job; every other one is the exit_code of an
+# error class below.
+EXIT_OK = 0
+
 
 class AppsdkError(Exception):
     """Base of every error appsdk raises on purpose. `hint` says what to do about it;

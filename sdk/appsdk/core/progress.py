@@ -8,13 +8,22 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol, TextIO
+
+
+class EventKind(StrEnum):
+    """What an event reports; the values are what `--json` prints as "event"."""
+    STAGE_START = "stage-start"
+    STAGE_DONE = "stage-done"
+    STAGE_FAILED = "stage-failed"
+    INFO = "info"
+    PROGRESS = "progress"  # data: done, total (bytes or items)
 
 
 @dataclass(frozen=True)
 class Event:
-    # "stage-start" | "stage-done" | "stage-failed" | "stage-cached" | "info" | "progress"
-    kind: str
+    kind: EventKind
     stage: str
     message: str = ""
     seconds: float | None = None
@@ -51,7 +60,7 @@ class TextReporter:
         self._open_line = False
 
     def emit(self, event: Event) -> None:
-        if event.kind == "progress":
+        if event.kind == EventKind.PROGRESS:
             if self.tty:
                 print(f"\r    {event.message}\033[K", end="", file=self.stream, flush=True)
                 self._open_line = True
@@ -62,15 +71,13 @@ class TextReporter:
         if self._open_line:
             print(file=self.stream)
             self._open_line = False
-        if event.kind == "stage-start":
+        if event.kind == EventKind.STAGE_START:
             line = f"==> {event.stage}: {event.message}" if event.message else f"==> {event.stage}"
-        elif event.kind == "stage-done":
+        elif event.kind == EventKind.STAGE_DONE:
             line = f"    {event.stage} done in {event.seconds:.1f}s {event.message}".rstrip()
-        elif event.kind == "stage-failed":
+        elif event.kind == EventKind.STAGE_FAILED:
             # The error itself is printed once, by the CLI.
             line = f"    {event.stage} failed after {event.seconds:.1f}s"
-        elif event.kind == "stage-cached":
-            line = f"    {event.stage}: cached {event.message}".rstrip()
         else:
             line = f"    {event.message}"
         print(line, file=self.stream, flush=True)
@@ -94,15 +101,15 @@ class JsonReporter:
 def stage(reporter: Reporter, name: str, message: str = "") -> Iterator[dict[str, Any]]:
     """Time a stage; the body may put a short result message into the yielded dict. A stage
     that raises reports stage-failed (with the error's class) and re-raises."""
-    reporter.emit(Event("stage-start", name, message))
+    reporter.emit(Event(EventKind.STAGE_START, name, message))
     start = time.monotonic()
     result: dict[str, Any] = {}
     try:
         yield result
     except BaseException as exc:
-        reporter.emit(Event("stage-failed", name, "", time.monotonic() - start,
+        reporter.emit(Event(EventKind.STAGE_FAILED, name, "", time.monotonic() - start,
                             {"error": type(exc).__name__}))
         raise
     reporter.emit(
-        Event("stage-done", name, str(result.get("message", "")), time.monotonic() - start)
+        Event(EventKind.STAGE_DONE, name, str(result.get("message", "")), time.monotonic() - start)
     )

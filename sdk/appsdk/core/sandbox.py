@@ -17,9 +17,11 @@ class Sandbox:
     binds: tuple[Path, ...] = ()
     ro_binds: tuple[Path, ...] = ()
 
-    def wrap(self, argv: Sequence[str | Path]) -> list[str]:
+    def wrap(self, argv: Sequence[str | Path], bwrap: str | None = None) -> list[str]:
+        """The bwrap command line that runs `argv` here; `bwrap` is its path (default:
+        looked up on PATH). `run` asks the runner, so a FakeRunner needs no bwrap."""
         args = [
-            require("bwrap"), "--die-with-parent", "--unshare-ipc", "--unshare-uts",
+            bwrap or require("bwrap"), "--die-with-parent", "--unshare-ipc", "--unshare-uts",
             "--ro-bind", str(self.tree / "usr"), "/usr",
             "--ro-bind", str(self.tree / "etc"), "/etc",
             "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
@@ -37,4 +39,5 @@ class Sandbox:
         return [*args, "--", *(str(a) for a in argv)]
 
     def run(self, runner: Runner, argv: Sequence[str | Path], **kwargs: object) -> Result:
-        return runner.run(self.wrap(argv), **kwargs)  # type: ignore[arg-type]
+        return runner.run(self.wrap(argv, runner.which("bwrap")),
+                          **kwargs)  # type: ignore[arg-type]

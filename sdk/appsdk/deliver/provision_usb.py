@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from appsdk.core.errors import AppsdkError, CommandFailed, CommandTimeout
-from appsdk.core.progress import Event, NullReporter, Reporter
+from appsdk.core.progress import Event, EventKind, NullReporter, Reporter
 from appsdk.core.runner import Runner, require
 from appsdk.deliver.blockdev import BlockDevice, probe
-from appsdk.deliver.flash import Source, flash
+from appsdk.deliver.flash import flash
+from appsdk.deliver.source import Source
 
 # Raspberry Pi boot ROMs in USB device mode (BCM2711 = CM4, BCM2712 = CM5, older ones).
 RPI_BOOT_IDS = {("0a5c", "2711"), ("0a5c", "2712"), ("0a5c", "2763"), ("0a5c", "2764")}
@@ -70,12 +71,12 @@ def maybe_rpiboot(action: str, props: Mapping[str, str], sys_path: Path, runner:
     reported and the bench goes on waiting (the module's eMMC then never appears)."""
     if action != "add" or usb_ids(props) not in RPI_BOOT_IDS or not in_boot_mode(sys_path):
         return False
-    reporter.emit(Event("info", "provision", f"Compute Module in USB boot mode at "
+    reporter.emit(Event(EventKind.INFO, "provision", f"Compute Module in USB boot mode at "
                         f"{sys_path.name}: running rpiboot"))
     try:
         runner.run(rpiboot_argv(directory), timeout=RPIBOOT_TIMEOUT_S)
     except (CommandFailed, CommandTimeout) as exc:
-        reporter.emit(Event("info", "provision", f"rpiboot FAILED for the module at "
+        reporter.emit(Event(EventKind.INFO, "provision", f"rpiboot FAILED for the module at "
                             f"{sys_path.name}: {exc}; check its cable and nRPIBOOT jumper, "
                             "then plug it in again"))
         return False
@@ -176,10 +177,12 @@ def provision_usb(source: Source, watcher: Watcher, *, count: int = 0,
     reporter = reporter or NullReporter()
     reports: list[DeviceReport] = []
     while count == 0 or len(reports) < count:
-        reporter.emit(Event("info", "provision", f"waiting for a disk ({len(reports)} done)"))
+        reporter.emit(Event(EventKind.INFO, "provision",
+                            f"waiting for a disk ({len(reports)} done)"))
         path = watcher.wait(timeout or None)
         if path is None:
-            reporter.emit(Event("info", "provision", f"no new disk in {timeout:.0f}s; stopping"))
+            reporter.emit(Event(EventKind.INFO, "provision",
+                                f"no new disk in {timeout:.0f}s; stopping"))
             break
         start = time.monotonic()
         serial = model = ""

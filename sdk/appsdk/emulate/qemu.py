@@ -15,12 +15,12 @@ from pathlib import Path
 from appsdk.core.cache import cache_root, key_of
 from appsdk.core.errors import CommandFailed, ConfigError, PathError, ToolMissing
 from appsdk.image.gpt import disk_table
-from appsdk.spec.boards import Board, Emulator
+from appsdk.spec.boards import EmulatedBoard, Emulator, FirmwareRef, HostFile
 
 
 @dataclass(frozen=True)
 class VmSpec:
-    board: Board
+    board: EmulatedBoard
     disk: Path
     snapshot: bool = True  # writes go to a throw-away overlay; the image stays as built
     serial_port: int | None = None  # None: console on stdio
@@ -32,22 +32,21 @@ class VmSpec:
     emulator: str | None = None  # one of the board's emulators; None: its first
 
 
-def firmware_file(ref: str, what: str, board: Board) -> Path | None:
+def firmware_file(ref: FirmwareRef, what: str, board: EmulatedBoard) -> Path | None:
     """A firmware file named by host path or as component:file of a pinned manifest
     (fetched and verified on first use). None if a host path does not exist."""
-    if ref.startswith("/"):
-        return Path(ref) if Path(ref).exists() else None
+    if isinstance(ref, HostFile):
+        return ref.path if ref.path.exists() else None
     from appsdk.spec.firmware import fetch
 
-    component, _, name = ref.partition(":")
-    path = fetch([component])[component] / name
+    path = fetch([ref.component])[ref.component] / ref.file
     if not path.is_file():
-        raise ConfigError(f"{what} {ref!r} of board {board.name}: {name} is not one of the "
-                          f"files of firmware {component}", file=str(board.source))
+        raise ConfigError(f"{what} {str(ref)!r} of board {board.name}: {ref.file} is not one "
+                          f"of the files of firmware {ref.component}", file=str(board.source))
     return path
 
 
-def first_existing(paths: tuple[str, ...], what: str, board: Board) -> Path:
+def first_existing(paths: tuple[FirmwareRef, ...], what: str, board: EmulatedBoard) -> Path:
     for candidate in paths:
         found = firmware_file(candidate, what, board)
         if found is not None:
@@ -65,7 +64,8 @@ _FIRMWARE_PACKAGES = {"/usr/share/OVMF/": "ovmf", "/usr/share/AAVMF/": "qemu-efi
                       "/usr/lib/u-boot/": "u-boot-qemu"}
 
 
-def firmware_vars(board: Board, directory: Path, emulator: str | None = None) -> Path | None:
+def firmware_vars(board: EmulatedBoard, directory: Path,
+                  emulator: str | None = None) -> Path | None:
     """A private, writable copy of the UEFI variable store (never the system one); None
     for firmware without one (U-Boot keeps its variables in a file on the ESP)."""
     em = board.emulator_named(emulator)
@@ -156,7 +156,7 @@ def _run_probe(argv: list[str], seconds: float) -> tuple[bytes, bytes]:
     return got[out] + rest_out, got[err] + rest_err
 
 
-def kvm_works(board: Board, emulator: str | None = None) -> bool:
+def kvm_works(board: EmulatedBoard, emulator: str | None = None) -> bool:
     """Whether `appsdk run` may use KVM for this board's emulator: its own firmware is
     booted under KVM with an empty disk (see kvm_verdict). The answer is cached per
     QEMU binary and firmware."""

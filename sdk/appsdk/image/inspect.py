@@ -35,19 +35,19 @@ def _osrel(text: str) -> dict[str, str]:
 
 
 def inspect(target: Path, runner: Runner | None = None) -> dict[str, Any]:
-    from appsdk.contract.buildinfo import locate_image
+    from appsdk.contract.buildinfo import locate_build
     from appsdk.image import pe
 
     runner = runner or Runner()
-    image, record = locate_image(target)
+    image, record = locate_build(target)
     gpt = read_gpt(image)
     esp = next((p for p in gpt["partitions"] if p["type"] == "esp"), None)
     if esp is None:
         raise VerifyFailed(f"{image}: no EFI system partition")
     info: dict[str, Any] = {
         "image": str(image), "image_size": image.stat().st_size,
-        "board": record["board"]["name"] if record else None,
-        "firmware_chain": record["board"].get("firmware_chain") if record else None,
+        "board": record.board.name if record else None,
+        "firmware_chain": record.board.firmware_chain if record else None,
         **gpt, "esp_files": [], "firmware": {}, "id": None, "version": None,
         "cmdline": None, "systemd_boot": None,
     }

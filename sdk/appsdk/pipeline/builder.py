@@ -4,25 +4,31 @@ Artifacts are staged and moved into place only when every stage succeeded."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from appsdk.contract.buildinfo import BUILD_JSON, load_build
+from appsdk.contract.buildinfo import BUILD_JSON, load_build, write_record
+from appsdk.contract.esprecord import FirmwarePin
 from appsdk.contract.layout import kernel_cmdline, layout_for
+from appsdk.contract.record import ArtifactRecord, BuildRecord, RecordedBoard, UpdateRecord
 from appsdk.contract.updatefiles import SUMS, update_names
-from appsdk.core.digest import sha256_file
-from appsdk.core.errors import BuildError, ConfigError, PathError
-from appsdk.core.progress import Event, NullReporter, Reporter, stage
+from appsdk.core.errors import ConfigError
+from appsdk.core.progress import NullReporter, Reporter, stage
 from appsdk.core.runner import Runner
 from appsdk.core.version import __version__
 from appsdk.image import bmap
 from appsdk.pipeline import rpi_boot
+from appsdk.pipeline.inputs import resolve_inputs, signing_key
+from appsdk.pipeline.publish import (
+    Artifact,
+    claim_output,
+    fresh_work_dir,
+    make_output_dir,
+    publish,
+)
 from appsdk.pipeline.stages.customize import customize
 from appsdk.pipeline.stages.disk import build_disk, disk_seed
 from appsdk.pipeline.stages.esp import build_esp_tree, uki_name
@@ -32,18 +38,7 @@ from appsdk.pipeline.stages.uki import build_uki
 from appsdk.pipeline.stages.update import build_update_files
 from appsdk.pipeline.stages.usrimage import build_usr_image, build_verity
 from appsdk.pipeline.tools import ToolsTree, ensure_tools
-from appsdk.spec import fields
 from appsdk.spec import firmware as firmware_pins
-from appsdk.spec.appliance import Appliance, load_appliance
-from appsdk.spec.boards import Board, load_board
-from appsdk.trust import keys
-
-
-@dataclass(frozen=True)
-class Artifact:
-    path: Path
-    size: int
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -90,35 +85,16 @@ def _build(source: Path, claims: contextlib.ExitStack, *, board: str | None,
     reporter = reporter or NullReporter()
     runner = runner or Runner()
     started = time.monotonic()
-    app = load_appliance(source)
-    # Overrides get the validators of the fields they replace; errors name the CLI flag.
-    if version is not None:
-        app = app.with_version(version, "--version")
-    url = app.update.url if update_url is None else fields.update_url(update_url, "--update-url")
-    brd = load_board(board or app.board)
-    if not brd.complete:
-        reporter.emit(Event("info", "board",
-                            f"warning: board {brd.name} is not complete yet (see its profile)"))
-    chain = brd.check_chain(firmware or app.firmware or brd.firmware_chain,
-                            file=None if firmware else str(app.source))
-    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
-    output = make_output_dir(
-        (output or Path(source if Path(source).is_dir() else Path(source).parent) /
-         "build" / f"{brd.name}").resolve())
-    claims.callback(os.close, _claim(output))
-    work = output / ".work"
-    if work.is_symlink() or work.is_file():
-        work.unlink()  # never follow a link out of the output directory
-    elif work.exists():
-        shutil.rmtree(work)
+    given = resolve_inputs(source, board=board, version=version, output=output,
+                           update_url=update_url, firmware=firmware, reporter=reporter)
+    app, brd, chain, url, epoch, base = (given.app, given.board, given.chain, given.url,
+                                         given.epoch, given.base)
+    output = make_output_dir(given.output)
+    claims.callback(os.close, claim_output(output))
+    work = fresh_work_dir(output)
     staging = work / "out"
-    staging.mkdir(parents=True)
     layout = layout_for(app, brd)
-    base = f"{app.id}_{app.version}"
-    key_home = keys.home_for(app, key_dir)  # never inside the overlay (it would be imaged)
-    # A device that updates must carry the public key; so a build with an update URL
-    # without the key is an error. Without a URL, sign if a key happens to exist.
-    signing = keys.load(key_home, runner) if url or key_home.is_dir() else None
+    signing = signing_key(app, key_dir, url, runner)
 
     with stage(reporter, "tools", "build tools tree") as r:
         tools = ensure_tools(runner, reporter)
@@ -176,64 +152,37 @@ def _build(source: Path, claims: contextlib.ExitStack, *, board: str | None,
                                     app.id, app.version, staging, signing, tools, runner)
         r["message"] = f"({sum(f.stat().st_size for f in update.files) / 1e6:.1f} MB)"
 
-    # Publish: move every artifact into place, then build.json last (it marks completion).
-    (output / BUILD_JSON).unlink(missing_ok=True)
-    artifacts: dict[str, Artifact] = {}
+    # Everything the record needs from tools, before anything is published: a failure
+    # from here on would leave the previous build gone and the new one unrecorded.
+    versions = tools_versions(runner, tools)
     names = {"image": f"{base}.img", "bmap": f"{base}.img.bmap",
              "uki": uki_name(app.id, app.version), "usr": f"{base}.usr",
              "verity": f"{base}.verity", "sums": SUMS,
              **{f"update-{k}": v for k, v in update_names(app.id, app.version).items()}}
     if update.signature:
         names["signature"] = update.signature.name
-    for kind, name in names.items():
-        final = output / name
-        os.replace(staging / name, final)
-        artifacts[kind] = Artifact(final, final.stat().st_size, sha256_file(final))
+    artifacts = publish(staging, output, names)
     result = BuildResult(output=output, app_id=app.id, version=app.version, board=brd.name,
                          artifacts=artifacts, cmdline=uki.cmdline,
                          seconds=time.monotonic() - started)
-    record = build_record(result, brd, app, rootfs.kernel_version, esp.files, disk.partitions,
-                          block_map, tools_versions(runner, tools))
-    record["board"]["firmware_chain"] = chain
-    record["firmware"] = {name: {"version": manifests[name].version,
-                                 "sha256": manifests[name].sha256} for name in pinned}
-    record["verity"] = {"roothash": verity.roothash}
-    record["update"] = {"url": url, "signed_by": signing.fingerprint if signing else None,
-                        "automatic": app.update.automatic}
-    (output / BUILD_JSON).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    write_record(BuildRecord(
+        id=app.id, version=app.version, board=RecordedBoard.of(brd, chain),
+        artifacts={k: ArtifactRecord(a.path.name, a.size, a.sha256)
+                   for k, a in artifacts.items()},
+        appsdk=__version__, kernel=rootfs.kernel_version, cmdline=uki.cmdline,
+        esp_files=esp.files, partitions=disk.partitions,
+        mapped_bytes=block_map.mapped_bytes, image_size=block_map.image_size,
+        partition_sizes={"esp": app.partitions.esp, "usr": app.partitions.usr,
+                         "verity": layout.verity_size, "var_min": app.partitions.var_min},
+        min_device_size=layout.min_device_size, tools=versions,
+        seconds=round(result.seconds, 1),
+        firmware={name: FirmwarePin(name, manifests[name].version, manifests[name].sha256)
+                  for name in pinned},
+        verity_roothash=verity.roothash,
+        update=UpdateRecord(url, signing.fingerprint if signing else None,
+                            app.update.automatic)), output)
     shutil.rmtree(work, ignore_errors=True)
     return result
-
-
-def _claim(output: Path) -> int:
-    """An exclusive lock on the output directory itself (no lock file to plant a link at):
-    a second build there would delete this one's .work and publish over its artifacts.
-    The lock goes with the returned descriptor."""
-    fd = os.open(output, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise BuildError(f"{output}: another build is using this output directory",
-                         file=str(output),
-                         hint="wait for it to finish, or build into another --output") from None
-    return fd
-
-
-def make_output_dir(output: Path) -> Path:
-    """Create the output directory, or refuse clearly before any stage runs."""
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ConfigError("is a file or inside one; the build output must be a directory",
-                          file=str(output), hint="choose another output directory, or "
-                          "remove the file") from None
-    except OSError as exc:
-        raise PathError.from_oserror(exc, "cannot create the output directory") from None
-    if not os.access(output, os.W_OK | os.X_OK):
-        raise PathError(f"{output}: the output directory is not writable", file=str(output),
-                        hint="choose a directory you may write to")
-    return output
 
 
 def tools_versions(runner: Runner, tools: ToolsTree) -> dict[str, str]:
@@ -241,29 +190,4 @@ def tools_versions(runner: Runner, tools: ToolsTree) -> dict[str, str]:
     return {"systemd": out[0] if out else "?", "tools_tree": tools.key}
 
 
-def build_record(result: BuildResult, board: Board, app: Appliance, kernel_version: str,
-                 esp_files: tuple[str, ...], partitions: tuple[Any, ...], block_map: bmap.Bmap,
-                 tools: dict[str, str]) -> dict[str, Any]:
-    return {
-        "appsdk": __version__,
-        "id": result.app_id,
-        "version": result.version,
-        "board": {"name": board.name, "arch": board.arch,
-                  "firmware_chain": board.firmware_chain, "console": board.console},
-        "kernel": kernel_version,
-        "cmdline": result.cmdline,
-        "artifacts": {k: {"file": a.path.name, "size": a.size, "sha256": a.sha256}
-                      for k, a in result.artifacts.items()},
-        "esp_files": list(esp_files),
-        "partitions": [asdict(p) for p in partitions],
-        "bmap": {"mapped_bytes": block_map.mapped_bytes, "image_size": block_map.image_size},
-        "partition_sizes": {"esp": app.partitions.esp, "usr": app.partitions.usr,
-                            "verity": layout_for(app, board).verity_size,
-                            "var_min": app.partitions.var_min},
-        "min_device_size": layout_for(app, board).min_device_size,
-        "tools": tools,
-        "seconds": round(result.seconds, 1),
-    }
-
-
-__all__ = ["BUILD_JSON", "BuildResult", "build", "load_build"]
+__all__ = ["BUILD_JSON", "Artifact", "BuildResult", "build", "load_build", "make_output_dir"]

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appsdk.core.cache import cache_root, cached_dir, key_of
-from appsdk.core.progress import Event, Reporter
-from appsdk.core.runner import Runner, require
+from appsdk.core.progress import Event, EventKind, Reporter
+from appsdk.core.runner import Runner
 from appsdk.core.sandbox import Sandbox
 
 TOOLS_SUITE = "trixie"
@@ -53,9 +53,10 @@ def ensure_tools(runner: Runner, reporter: Reporter) -> ToolsTree:
     key = tools_key()
 
     def make(tmp: Path) -> None:
-        reporter.emit(Event("info", "tools", f"creating tools tree ({TOOLS_SUITE}) in {tmp}"))
+        reporter.emit(Event(EventKind.INFO, "tools",
+                            f"creating tools tree ({TOOLS_SUITE}) in {tmp}"))
         runner.run(
-            [require("mmdebstrap"), "--variant=minbase", "--mode=root",
+            [runner.which("mmdebstrap"), "--variant=minbase", "--mode=root",
              f"--include={','.join(TOOLS_PACKAGES)}", *DPKG_EXCLUDES,
              TOOLS_SUITE, tmp / "tree", TOOLS_MIRROR],
             env={"SOURCE_DATE_EPOCH": "0"},

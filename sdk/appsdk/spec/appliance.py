@@ -8,7 +8,9 @@ from pathlib import Path
 from appsdk.core.errors import ConfigError
 from appsdk.core.units import MiB
 from appsdk.spec import fields
-from appsdk.spec.fields import SIZE_LIMITS, Reader
+from appsdk.spec.boards import DEFAULT_BOARD
+from appsdk.spec.fields import SIZE_LIMITS
+from appsdk.spec.reader import Reader
 from appsdk.spec.yamlsrc import load
 
 SCHEMA_VERSION = 1
@@ -48,12 +50,54 @@ class Console:
 
 
 @dataclass(frozen=True)
+class CommandProbe:
+    """A shell command on the device; exit status 0 is healthy."""
+    command: str
+
+
+@dataclass(frozen=True)
+class UnitProbe:
+    """A systemd unit that must be active."""
+    unit: str
+
+
+@dataclass(frozen=True)
+class UrlProbe:
+    """A plain-HTTP URL on the device that must answer 2xx."""
+    url: str
+
+
+Probe = CommandProbe | UnitProbe | UrlProbe
+
+
+@dataclass(frozen=True, init=False)
 class HealthCheck:
     name: str
-    command: str | None = None
-    unit: str | None = None
-    url: str | None = None
+    probe: Probe
     timeout: int = 30
+
+    def __init__(self, name: str, probe: Probe | None = None, *, command: str | None = None,
+                 unit: str | None = None, url: str | None = None, timeout: int = 30) -> None:
+        """A probe, or exactly one of command, unit, url (the keys of appliance.yaml)."""
+        given = [p for p in (probe, command and CommandProbe(command), unit and UnitProbe(unit),
+                             url and UrlProbe(url)) if p]
+        if len(given) != 1:
+            raise ConfigError(f"health check {name}: needs exactly one of command, unit, url")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "probe", given[0])
+        object.__setattr__(self, "timeout", timeout)
+
+    @property
+    def command(self) -> str | None:
+        return self.probe.command if isinstance(self.probe, CommandProbe) else None
+
+    @property
+    def unit(self) -> str | None:
+        return self.probe.unit if isinstance(self.probe, UnitProbe) else None
+
+    @property
+    def url(self) -> str | None:
+        return self.probe.url if isinstance(self.probe, UrlProbe) else None
 
 
 @dataclass(frozen=True)
@@ -137,7 +181,7 @@ def load_appliance(path: Path) -> Appliance:
         id=app_id,
         version=top.check("version", fields.version),
         name=top.check("name", fields.display_name, app_id),
-        board=top.check("board", fields.board_name, "x86-uefi"),
+        board=top.check("board", fields.board_name, DEFAULT_BOARD),
         firmware=top.text("firmware", pattern=r"[a-z0-9]+(\+[a-z0-9]+)?",
                           what="a firmware chain, e.g. rpi+uboot")
         if top.has("firmware") else None,
@@ -248,14 +292,14 @@ def _health(top: Reader) -> tuple[HealthCheck, ...]:
             if check.name == name:
                 raise top.src.error((*item.path, "name"), f"{name!r} is also the name of "
                                     f"health[{other}]", hint="give each check its own name")
-        checks.append(HealthCheck(
-            name=name,
-            command=item.check("command", fields.health_command) if item.has("command")
-            else None,
-            unit=item.check("unit", fields.unit_name) if item.has("unit") else None,
-            url=item.check("url", fields.health_url) if item.has("url") else None,
-            timeout=item.integer("timeout", 30, minimum=1),
-        ))
+        probe: Probe
+        if item.has("command"):
+            probe = CommandProbe(item.check("command", fields.health_command))
+        elif item.has("unit"):
+            probe = UnitProbe(item.check("unit", fields.unit_name))
+        else:
+            probe = UrlProbe(item.check("url", fields.health_url))
+        checks.append(HealthCheck(name, probe, timeout=item.integer("timeout", 30, minimum=1)))
     return tuple(checks)
 
 

@@ -6,11 +6,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from appsdk.core.datadirs import BOARDS, search_path, user_dir, yaml_files
 from appsdk.core.errors import ConfigError
-from appsdk.spec.fields import BOARD_PATTERN, Reader, board_name
+from appsdk.spec.fields import BOARD_PATTERN, board_name
+from appsdk.spec.reader import Reader
 from appsdk.spec.yamlsrc import load
+
+# The board when none is named: appliance.yaml, `appsdk init`, `appsdk run` of a bare image,
+# the KVM check of `appsdk doctor`.
+DEFAULT_BOARD = "x86-uefi"
 
 FIRMWARE_CHAINS = ("uefi", "rpi+uboot", "rpi+edk2")
 # GPT/UAPI architecture names (repart's usr-<arch>) mapped to Debian's and EFI's names.
@@ -23,6 +29,34 @@ class Watchdog:
     max_timeout_s: int
 
 
+class HostFile(str):
+    """Firmware named by its path on the host (an installed package's file)."""
+
+    @property
+    def path(self) -> Path:
+        return Path(self)
+
+
+class PinnedFile(str):
+    """Firmware named as component:file of a pinned manifest (fetched and verified)."""
+
+    @property
+    def component(self) -> str:
+        return self.partition(":")[0]
+
+    @property
+    def file(self) -> str:
+        return self.partition(":")[2]
+
+
+FirmwareRef = HostFile | PinnedFile
+
+
+def firmware_ref(text: str) -> FirmwareRef:
+    """The one place a firmware reference's kind is decided: a host path is absolute."""
+    return HostFile(text) if text.startswith("/") else PinnedFile(text)
+
+
 @dataclass(frozen=True)
 class Emulator:
     """How QEMU stands in for the board. Firmware is named by host path (first existing
@@ -32,12 +66,37 @@ class Emulator:
     machine: str
     cpu: str
     memory_mib: int
-    firmware_code: tuple[str, ...]  # UEFI code flash (with firmware_vars), or
-    firmware_vars: tuple[str, ...]
-    bios: str | None  # a firmware given with -bios (U-Boot keeps its variables on the ESP)
+    firmware_code: tuple[FirmwareRef, ...]  # UEFI code flash (with firmware_vars), or
+    firmware_vars: tuple[FirmwareRef, ...]
+    bios: FirmwareRef | None  # firmware given with -bios (U-Boot keeps its variables on the ESP)
     watchdog: str | None
     extra_args: tuple[str, ...] = ()
     console: str | None = None  # the tty Linux sees the emulated UART as (ttyS0, ttyAMA0)
+
+
+def pick_emulator(board: str, emulators: tuple[Emulator, ...], name: str | None) -> Emulator:
+    """The emulator profile `name` of a board (None: its first, the default)."""
+    if not emulators:
+        raise ConfigError(f"board {board} has no emulator profile", field="emulators",
+                          hint="boot it on real hardware, or use an emulated board")
+    for em in emulators:
+        if name in (None, em.name):
+            return em
+    raise ConfigError(f"board {board} has no emulator {name!r}",
+                      hint="choose one of " + ", ".join(e.name for e in emulators))
+
+
+class EmulatedBoard(Protocol):
+    """What running a board in QEMU needs of it: a Board read from its profile, or the
+    board as a build recorded it (contract.record.RecordedBoard)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def source(self) -> Path: ...
+    @property
+    def debian_arch(self) -> str: ...
+    def emulator_named(self, name: str | None) -> Emulator: ...
 
 
 @dataclass(frozen=True)
@@ -65,14 +124,7 @@ class Board:
         return self.emulators[0] if self.emulators else None
 
     def emulator_named(self, name: str | None) -> Emulator:
-        if not self.emulators:
-            raise ConfigError(f"board {self.name} has no emulator profile", field="emulators",
-                              hint="boot it on real hardware, or use an emulated board")
-        for em in self.emulators:
-            if name in (None, em.name):
-                return em
-        raise ConfigError(f"board {self.name} has no emulator {name!r}",
-                          hint="choose one of " + ", ".join(e.name for e in self.emulators))
+        return pick_emulator(self.name, self.emulators, name)
 
     def check_chain(self, chain: str, file: str | None = None) -> str:
         """`chain` if this board offers it, else a ConfigError naming the choices."""
@@ -175,7 +227,7 @@ def load_board_file(path: Path) -> Board:
             em = all_em.sub(em_name, {"qemu", "machine", "cpu", "memory_mib", "firmware_code",
                                       "firmware_vars", "bios", "watchdog", "extra_args",
                                       "console"})
-            bios = em.text("bios") if em.has("bios") else None
+            bios = firmware_ref(em.text("bios")) if em.has("bios") else None
             if bool(bios) == em.has("firmware_code"):
                 raise src.error(("emulators", em_name),
                                 "needs exactly one of firmware_code (UEFI flash) or bios")
@@ -185,8 +237,8 @@ def load_board_file(path: Path) -> Board:
                 machine=em.text("machine"),
                 cpu=em.text("cpu", "max"),
                 memory_mib=em.integer("memory_mib", 2048, minimum=256),
-                firmware_code=em.texts("firmware_code"),
-                firmware_vars=em.texts("firmware_vars"),
+                firmware_code=tuple(map(firmware_ref, em.texts("firmware_code"))),
+                firmware_vars=tuple(map(firmware_ref, em.texts("firmware_vars"))),
                 bios=bios,
                 watchdog=em.text("watchdog") if em.has("watchdog") else None,
                 extra_args=em.texts("extra_args"),

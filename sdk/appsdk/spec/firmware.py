@@ -24,7 +24,7 @@ from appsdk.core.datadirs import FIRMWARE, search_path, yaml_files
 from appsdk.core.digest import sha256_file
 from appsdk.core.errors import AppsdkError, ConfigError, FirmwareMismatch
 from appsdk.core.runner import Runner
-from appsdk.spec.fields import Reader
+from appsdk.spec.reader import Reader
 from appsdk.spec.yamlsrc import load
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from appsdk.core.errors import ConfigError
 from appsdk.spec.appliance import FILENAME, ID_PATTERN
+from appsdk.spec.boards import DEFAULT_BOARD
+from appsdk.spec.fields import BOARD_PATTERN
 
 TEMPLATE = """\
 # appliance.yaml: what this appliance is. Reference: docs/appliance-yaml.md
@@ -40,12 +42,11 @@ update:
   automatic: false
 """
 
-BOARD_PATTERN = r"[a-z0-9][a-z0-9-]{0,62}"  # a board profile's name, as boards.py reads it
 OVERLAY_DIRS = ("overlay/usr/lib/systemd/system", "overlay/etc")
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def init(directory: Path, app_id: str | None = None, board: str = "x86-uefi") -> Path:
+def init(directory: Path, app_id: str | None = None, board: str = DEFAULT_BOARD) -> Path:
     """Create DIR/appliance.yaml and DIR/overlay/. Nothing is written through a symlink:
     an existing appliance.yaml (even a dangling link) is never overwritten, and DIR itself
     may be a link only to a directory beside it."""

@@ -152,7 +152,10 @@ def _undo(directory: Path, created: bool) -> None:
             entry.unlink(missing_ok=True)
 
 
-def load(directory: Path, runner: Runner, need_pubring: bool = True) -> SigningKey:
+def load(directory: Path, runner: Runner | None = None,
+         need_pubring: bool = True) -> SigningKey:
+    """The update-signing key in a GnuPG home (`appsdk keys generate` made it)."""
+    runner = runner or Runner()
     if not directory.is_dir():
         raise ConfigError("no update-signing key", file=str(directory),
                           hint="create one with `appsdk keys generate`, or point --keys at it")

@@ -5,7 +5,8 @@ SHA256SUMS over all of them, and its signature.
 OUT is never edited in place: the new set is staged in a sibling directory, every file in it
 checked (against build.json, or the sha256 it was published with), signed, the signature
 verified, and only then swapped with OUT in one rename. appsdk-release.json records what
-each published file is; nothing else is ever signed. docs/updates.md has the rules."""
+each published file is; nothing else is ever signed. docs/updates.md has the rules.
+This module stages and switches; update/releaseset.py reads the builds and what OUT holds."""
 
 from __future__ import annotations
 
@@ -14,41 +15,37 @@ import ctypes
 import errno
 import fcntl
 import hashlib
-import json
 import os
-import re
 import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from appsdk.contract.buildinfo import BUILD_JSON, load_build, plain_name
-from appsdk.contract.updatefiles import (
-    SUMS,
-    SUMS_SIGNATURE,
-    format_sums,
-    parse_sums,
-    update_names,
-)
+from appsdk.contract.updatefiles import SUMS, format_sums
 from appsdk.core.digest import CHUNK, sha256_file
 from appsdk.core.errors import BuildError, ConfigError, VerifyFailed
 from appsdk.core.runner import Runner
-from appsdk.core.version import __version__
 from appsdk.trust import keys
 from appsdk.trust.keys import SigningKey
+from appsdk.update.releaseset import (
+    EDITED,
+    MANIFEST,
+    SIGNATURE,
+    Builds,
+    Entry,
+    format_manifest,
+    load_manifest,
+    merge,
+    read_builds,
+    read_published,
+    resolve_target,
+)
 
-MANIFEST = "appsdk-release.json"
-SIGNATURE = SUMS_SIGNATURE
-_FORMAT = 1
 _STAGE, _OLD = "appsdk-stage-", "appsdk-old-"  # sibling names: .OUT.<tag><random>
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_ARCH_HINT = ("release each architecture into its own directory (e.g. www/x86-64 and "
-              "www/arm64) and point each build's update.url at its directory")
-_EDITED = ("the release directory was changed outside appsdk: restore it from a backup, or "
-           "release every version you still want into a fresh directory")
+# The readers' names before the split: tests call rel._read_builds and rel._load_manifest.
+_read_builds, _load_manifest = read_builds, load_manifest
 
 
 @dataclass(frozen=True)
@@ -61,34 +58,20 @@ class Release:
     published: tuple[str, ...] = ()  # every version OUT now publishes
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One published file, as appsdk-release.json records it."""
-
-    version: str
-    kind: str  # uki, usr, verity
-    sha256: str
-    size: int
-
-
-@dataclass(frozen=True)
-class _Builds:
-    app_id: str
-    arch: str
-    entries: dict[str, Entry]  # file name -> what build.json says it is
-    sources: dict[str, Path]  # file name -> the artifact in its build directory
-
-
-def release(out: Path, builds: list[Path], key: SigningKey, runner: Runner) -> Release:
+def release(out: Path, builds: list[Path], key: SigningKey,
+            runner: Runner | None = None) -> Release:
+    """Merge builds into the release directory `out`, signed with `key`, in one atomic
+    switch: devices see the old release or the new one, never a mix."""
+    runner = runner or Runner()
     if not builds:
         raise ConfigError("no builds given", hint="appsdk release OUT BUILD_DIR...")
     try:
-        new = _read_builds(builds, key)
-        target = _target(out)
+        new = read_builds(builds, key)
+        target = resolve_target(out)
         with _locked(target):
             _clean_leftovers(target)
-            previous = _published(target, new, key, runner)
-            files = {**previous, **_merge(previous, new)}
+            previous = read_published(target, new, key, runner)
+            files = {**previous, **merge(previous, new)}
             _stage_and_switch(target, previous, new, files, key, runner)
     except OSError as exc:
         raise BuildError(f"release into {out} failed: {exc}",
@@ -100,188 +83,9 @@ def release(out: Path, builds: list[Path], key: SigningKey, runner: Runner) -> R
                    arch=new.arch, published=tuple(sorted({e.version for e in files.values()})))
 
 
-# --- inputs: build.json and what OUT already publishes -------------------------------------
-
-def _field(record: Any, where: str, *path: str) -> Any:
-    value = record
-    for part in path:
-        if not isinstance(value, dict) or part not in value:
-            raise ConfigError("missing (built by an old appsdk?)", file=where,
-                              field=".".join(path), hint="rebuild with this appsdk")
-        value = value[part]
-    return value
-
-
-def _text(record: Any, where: str, *path: str) -> str:
-    value = _field(record, where, *path)
-    if not isinstance(value, str) or not value:
-        raise ConfigError("must be a non-empty string", file=where, field=".".join(path))
-    return value
-
-
-def _entry(record: Any, where: str, path: tuple[str, ...], version: str, kind: str) -> Entry:
-    sha256, size = _text(record, where, *path, "sha256"), _field(record, where, *path, "size")
-    if not _SHA256.fullmatch(sha256):
-        raise ConfigError("not a sha256", file=where, field=".".join((*path, "sha256")))
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise ConfigError("not a size in bytes", file=where, field=".".join((*path, "size")))
-    return Entry(version, kind, sha256, size)
-
-
-def _read_builds(builds: list[Path], key: SigningKey) -> _Builds:
-    first: tuple[str, str, Path] | None = None
-    entries: dict[str, Entry] = {}
-    sources: dict[str, Path] = {}
-    for build in builds:
-        directory = build if build.is_dir() else build.parent
-        where = str(directory / BUILD_JSON)
-        record = load_build(build)  # checks its fields; the ones used here are checked again
-        app_id, version = _text(record, where, "id"), _text(record, where, "version")
-        arch = _text(record, where, "board", "arch")
-        first = first or (app_id, arch, directory)
-        if app_id != first[0]:
-            raise ConfigError(f"builds of {first[0]} and {app_id} cannot share a release",
-                              hint="one release directory per appliance")
-        if arch != first[1]:
-            raise ConfigError(f"builds for {first[1]} ({first[2]}) and {arch} ({directory}) "
-                              "cannot share a release (their update files have the same "
-                              "names)", hint=_ARCH_HINT)
-        update = record.get("update")
-        signer = update.get("signed_by") if isinstance(update, dict) else None
-        if signer and signer != key.fingerprint:
-            raise ConfigError(f"{directory} was built for key {signer}, not {key.fingerprint}",
-                              hint="devices only accept the key baked into their image")
-        for kind, expected in update_names(app_id, version).items():
-            path = ("artifacts", f"update-{kind}")
-            # load_build checks names too; never join one onto a path unchecked all the same.
-            name = plain_name(_text(record, where, *path, "file"), Path(where), ".".join(path))
-            if name != expected:
-                raise ConfigError(f"names {name!r}; devices look for {expected!r}",
-                                  file=where, field=".".join(path), hint="rebuild")
-            entry = _entry(record, where, path, version, kind)
-            if name in entries and entries[name] != entry:
-                raise ConfigError(f"{sources[name].parent} and {directory} are two different "
-                                  f"builds of version {version}", hint="give one build per "
-                                  "version")
-            entries[name], sources[name] = entry, directory / name
-    assert first is not None  # release() refuses an empty list
-    return _Builds(first[0], first[1], entries, sources)
-
-
-def _target(out: Path) -> Path:
-    if out.is_symlink() and not out.exists():
-        raise ConfigError("a dangling symlink", file=str(out), hint="remove it or fix its target")
-    try:
-        target = out.resolve()  # a symlinked OUT: its target is what gets swapped
-    except RuntimeError:  # a symlink loop (Python 3.11; later versions raise OSError)
-        raise ConfigError("a symlink loop", file=str(out)) from None
-    if target.exists() and not target.is_dir():
-        raise ConfigError("not a directory", file=str(out),
-                          hint="give a directory for the release (it is created if missing)")
-    if target.parent == target:
-        raise ConfigError("cannot release into /", file=str(out))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() and target.stat().st_dev != target.parent.stat().st_dev:
-        raise ConfigError("a mount point: a release is switched in by renaming a sibling "
-                          "directory, which cannot cross filesystems", file=str(out),
-                          hint="release into a directory inside it (e.g. OUT/x86-64) and "
-                          "point update.url there")
-    return target
-
-
-def _published(out: Path, new: _Builds, key: SigningKey, runner: Runner) -> dict[str, Entry]:
-    """What OUT publishes now, with its signature checked; refuses what a release may not
-    touch. The files themselves are re-hashed when staged."""
-    if not out.exists():
-        return {}
-    present = sorted(os.listdir(out))
-    if MANIFEST not in present:
-        if not present:
-            return {}
-        raise ConfigError(f"no {MANIFEST} (an older appsdk's release, or not a release): "
-                          f"holds {_listing(present)}", file=str(out),
-                          hint="release every version you still want into a fresh directory "
-                          "and point the server there; appsdk signs only files whose "
-                          "build.json it has read")
-    app_id, arch, files = _load_manifest(out / MANIFEST)
-    if app_id != new.app_id:
-        raise ConfigError(f"publishes {app_id!r}, not {new.app_id!r}", file=str(out),
-                          hint="one release directory per appliance")
-    if arch != new.arch:
-        raise ConfigError(f"publishes the {arch} release; these builds are for {new.arch}",
-                          file=str(out), hint=_ARCH_HINT)
-    strays = [name for name in present if name not in {*files, MANIFEST, SUMS, SIGNATURE}]
-    if strays:
-        raise ConfigError(f"holds files no release vouches for: {_listing(strays)}",
-                          file=str(out), hint="move them out of it: appsdk signs only files "
-                          "whose build.json it has read, and never deletes what it did not "
-                          "publish")
-    _check_signed(out, files, key, runner)
-    return files
-
-
-def _listing(names: list[str]) -> str:
-    return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-
-
-def _load_manifest(path: Path) -> tuple[str, str, dict[str, Entry]]:
-    where = str(path)
-    try:
-        data = json.loads(path.read_bytes())
-    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep
-        data = None
-    if not isinstance(data, dict) or data.get("format") != _FORMAT:
-        raise ConfigError(f"not a format-{_FORMAT} release manifest", file=where,
-                          hint=f"made by another appsdk? use that one; if not, {_EDITED}")
-    try:
-        listed = _field(data, where, "files")
-        if not isinstance(listed, dict):
-            raise ConfigError("not a table of files", file=where, field="files")
-        files: dict[str, Entry] = {}
-        for name in listed:
-            plain_name(name, path, "files")
-            key = ("files", name)
-            kind = _text(data, where, *key, "kind")
-            files[name] = _entry(data, where, key, _text(data, where, *key, "version"), kind)
-        return _text(data, where, "id"), _text(data, where, "arch"), files
-    except ConfigError as exc:  # whatever the field, the directory was edited
-        raise ConfigError(exc.message, hint=_EDITED) from None
-
-
-def _check_signed(out: Path, files: dict[str, Entry], key: SigningKey, runner: Runner) -> None:
-    # The manifest decides what gets signed again, so it must itself be the signed one.
-    sums, signature = out / SUMS, out / SIGNATURE
-    if not sums.is_file() or not signature.is_file():
-        raise VerifyFailed(f"{out} has {MANIFEST} but no signed {SUMS}", hint=_EDITED)
-    try:
-        keys.verify(key.public_keyring, sums, signature, runner)
-    except VerifyFailed:
-        raise VerifyFailed(f"{signature} does not verify with {key.public_keyring}",
-                           hint="OUT was signed with another key or changed outside appsdk; "
-                           "release into a fresh directory") from None
-    listed = parse_sums(sums.read_text(errors="replace"), str(sums))
-    expected = {**{n: e.sha256 for n, e in files.items()}, MANIFEST: sha256_file(out / MANIFEST)}
-    if listed != expected:
-        raise VerifyFailed(f"{out / MANIFEST} does not match the signed {SUMS}", hint=_EDITED)
-
-
-def _merge(previous: dict[str, Entry], new: _Builds) -> dict[str, Entry]:
-    """The new builds' files not yet published; a published name never changes bytes."""
-    added: dict[str, Entry] = {}
-    for name, entry in new.entries.items():
-        if name not in previous:
-            added[name] = entry
-        elif previous[name].sha256 != entry.sha256:
-            raise ConfigError(f"version {entry.version} is already published with other bytes "
-                              f"({name})", file=str(new.sources[name].parent / BUILD_JSON),
-                              hint="published files never change under a name: build a new "
-                              "version")
-    return added
-
-
 # --- staging and the switch ----------------------------------------------------------------
 
-def _stage_and_switch(out: Path, previous: dict[str, Entry], new: _Builds,
+def _stage_and_switch(out: Path, previous: dict[str, Entry], new: Builds,
                       files: dict[str, Entry], key: SigningKey, runner: Runner) -> None:
     if out.exists():
         mode = stat.S_IMODE(out.stat().st_mode)
@@ -298,7 +102,7 @@ def _stage_and_switch(out: Path, previous: dict[str, Entry], new: _Builds,
                 raise VerifyFailed(f"{new.sources[name]} does not match its sha256 in "
                                    "build.json", hint="rebuild; the file was changed after "
                                    "the build")
-        _write(stage / MANIFEST, _manifest(new, files))
+        _write(stage / MANIFEST, format_manifest(new, files))
         _write(stage / SUMS, format_sums({**{n: e.sha256 for n, e in files.items()},
                                           MANIFEST: sha256_file(stage / MANIFEST)}))
         _sign_checked(stage, key, runner)
@@ -307,12 +111,6 @@ def _stage_and_switch(out: Path, previous: dict[str, Entry], new: _Builds,
         _switch(stage, out)  # from here on, `stage` holds the old set (or nothing)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-
-
-def _manifest(new: _Builds, files: dict[str, Entry]) -> str:
-    data = {"format": _FORMAT, "appsdk": __version__, "id": new.app_id, "arch": new.arch,
-            "files": {name: asdict(entry) for name, entry in sorted(files.items())}}
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def _open_regular(source: Path) -> int:
@@ -351,9 +149,9 @@ def _copy(source: Path, target: Path, size_limit: int) -> tuple[str, int]:
 def _link_checked(published: Path, target: Path, entry: Entry) -> None:
     try:
         if not stat.S_ISREG(os.lstat(published).st_mode):
-            raise VerifyFailed(f"{published} is no longer a regular file", hint=_EDITED)
+            raise VerifyFailed(f"{published} is no longer a regular file", hint=EDITED)
     except FileNotFoundError:
-        raise VerifyFailed(f"{published} is missing from the release", hint=_EDITED) from None
+        raise VerifyFailed(f"{published} is missing from the release", hint=EDITED) from None
     try:
         os.link(published, target, follow_symlinks=False)
         found = sha256_file(target), target.stat().st_size
@@ -361,7 +159,7 @@ def _link_checked(published: Path, target: Path, entry: Entry) -> None:
         found = _copy(published, target, entry.size)
     if found != (entry.sha256, entry.size):
         raise VerifyFailed(f"{published} no longer matches the sha256 it was released with",
-                           hint=_EDITED)
+                           hint=EDITED)
 
 
 def _sign_checked(stage: Path, key: SigningKey, runner: Runner) -> None:

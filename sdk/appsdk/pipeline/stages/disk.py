@@ -9,17 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appsdk.contract.layout import Layout, image_repart
+from appsdk.contract.record import PartitionInfo
 from appsdk.core.runner import Runner
 from appsdk.pipeline.tools import ToolsTree
-
-
-@dataclass(frozen=True)
-class PartitionInfo:
-    label: str
-    type: str
-    uuid: str
-    offset: int
-    size: int
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from pathlib import Path
 from appsdk.core.cache import cached_dir, key_of
 from appsdk.core.errors import BuildError
 from appsdk.core.foreign import check_binfmt
-from appsdk.core.progress import Event, Reporter
-from appsdk.core.runner import Runner, require
+from appsdk.core.progress import Event, EventKind, Reporter
+from appsdk.core.runner import Runner
 from appsdk.pipeline.tools import DPKG_EXCLUDES
 from appsdk.spec.appliance import Appliance
 from appsdk.spec.boards import Board
@@ -89,9 +89,9 @@ def build_rootfs(recipe: RootfsRecipe, runner: Runner, reporter: Reporter) -> Ro
     key = key_of("rootfs", fields)
 
     def make(tmp: Path) -> None:
-        require("mmdebstrap")
+        runner.which("mmdebstrap")
         check_binfmt(recipe.arch)
-        reporter.emit(Event("info", "rootfs", f"mmdebstrap {recipe.suite}/{recipe.arch}: "
+        reporter.emit(Event(EventKind.INFO, "rootfs", f"mmdebstrap {recipe.suite}/{recipe.arch}: "
                             f"{len(recipe.packages)} packages"))
         # INITRD=No: the kernel hooks would build a host initrd we delete anyway (minutes
         # under qemu-user for a foreign architecture).

@@ -1,0 +1,61 @@
+"""What a build starts from, settled before any stage runs: the appliance with its
+overrides, the board and firmware chain, the update URL, the signing key (by the key
+policy) and the output directory. Bad input is refused here, with nothing made."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from appsdk.core.progress import Event, EventKind, Reporter
+from appsdk.core.runner import Runner
+from appsdk.spec import fields
+from appsdk.spec.appliance import Appliance, load_appliance
+from appsdk.spec.boards import Board, load_board
+from appsdk.trust import keys
+from appsdk.trust.keys import SigningKey
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    app: Appliance
+    board: Board
+    chain: str  # the firmware chain, one of the board's options
+    url: str | None  # where devices look for updates; None: they do not update
+    output: Path  # absolute; not created yet
+    epoch: int  # SOURCE_DATE_EPOCH for file times
+
+    @property
+    def base(self) -> str:
+        return f"{self.app.id}_{self.app.version}"
+
+
+def resolve_inputs(source: Path, *, board: str | None, version: str | None,
+                   output: Path | None, update_url: str | None, firmware: str | None,
+                   reporter: Reporter) -> BuildInputs:
+    """Everything but the signing key, which `signing_key` loads once the output
+    directory is claimed (so a build refused for its output never touches the key)."""
+    app = load_appliance(source)
+    # Overrides get the validators of the fields they replace; errors name the CLI flag.
+    if version is not None:
+        app = app.with_version(version, "--version")
+    url = app.update.url if update_url is None else fields.update_url(update_url, "--update-url")
+    brd = load_board(board or app.board)
+    if not brd.complete:
+        reporter.emit(Event(EventKind.INFO, "board",
+                            f"warning: board {brd.name} is not complete yet (see its profile)"))
+    chain = brd.check_chain(firmware or app.firmware or brd.firmware_chain,
+                            file=None if firmware else str(app.source))
+    directory = Path(source if Path(source).is_dir() else Path(source).parent)
+    target = (output or directory / "build" / brd.name).resolve()
+    return BuildInputs(app, brd, chain, url, target,
+                       int(os.environ.get("SOURCE_DATE_EPOCH", "0")))
+
+
+def signing_key(app: Appliance, key_dir: Path | None, url: str | None,
+                runner: Runner) -> SigningKey | None:
+    """The key policy. A device that updates must carry the public key, so a build with an
+    update URL and no key is an error; without a URL, sign if a key happens to exist."""
+    home = keys.home_for(app, key_dir)  # never inside the overlay (it would be imaged)
+    return keys.load(home, runner) if url or home.is_dir() else None
