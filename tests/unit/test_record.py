@@ -156,3 +156,26 @@ def test_firmware_refs_are_typed_once_and_stay_typed_through_the_record(tmp_path
     back = reread(full_record("rpi4"), tmp_path).board.emulator_named("virt-uboot")
     assert isinstance(back.bios, PinnedFile) and back.bios == uboot
     assert isinstance(firmware_ref("/x"), HostFile) and isinstance(firmware_ref("a:b"), PinnedFile)
+
+
+def test_run_boots_a_build_as_recorded_without_reading_its_board_profile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from test_hostile_inputs import gpt
+
+    from appsdk.cli import main
+    from appsdk.spec import boards
+
+    rec = full_record("x86-uefi", "uefi")
+    write_record(rec, tmp_path)
+    (tmp_path / "demo_1.0.img").write_bytes(gpt(128))
+
+    def no_profiles(*args: object, **kwargs: object) -> None:
+        raise AssertionError("appsdk run read a board profile")
+
+    monkeypatch.setattr(boards, "load_board", no_profiles)
+    monkeypatch.setattr(boards, "load_board_file", no_profiles)
+    assert main(["run", str(tmp_path), "--print", "--accel", "tcg"]) == 0
+    argv = capsys.readouterr().out.split()
+    assert argv[:3] == ["qemu-system-x86_64", "-machine", "q35"]
+    assert "file=/usr/share/OVMF/OVMF_CODE_4M.fd" in " ".join(argv)
