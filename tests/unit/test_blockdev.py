@@ -27,7 +27,7 @@ def test_usb_stick_and_sd_card_are_candidates() -> None:
 def test_internal_disk_needs_allow_fixed() -> None:
     sata = disk(bus="ata", removable=False)
     [refusal] = sata.refusals()
-    assert "not removable (bus ata)" in refusal.reason and refusal.override == "--allow-fixed"
+    assert "not removable (bus ata)" in refusal.reason and refusal.override == "allow_fixed"
     assert sata.refusals(allow_fixed=True) == []
 
 

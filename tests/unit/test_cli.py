@@ -210,10 +210,12 @@ def test_ports_in_use_or_twice() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with pytest.raises(ConfigError, match=f"--forward: 127.0.0.1:{port} cannot be used"):
+        with pytest.raises(ConfigError, match=f"forward: 127.0.0.1:{port} cannot be used") as e:
             check_ports(None, [(port, 22)])
-        with pytest.raises(ConfigError, match="--serial-port"):
+        assert cli.shown(e.value)[0].startswith(f"--forward: 127.0.0.1:{port} cannot be used")
+        with pytest.raises(ConfigError, match="serial_port") as e:
             check_ports(port, [])
+        assert cli.shown(e.value)[0].startswith("--serial-port: ")
     with pytest.raises(ConfigError, match="used twice"):
         check_ports(port, [(port, 80)])
     check_ports(None, [])
@@ -257,3 +259,24 @@ def test_failed_stage_is_reported() -> None:
         raise ConfigError("too big")
     kinds = [(e.kind, e.data.get("error")) for e in reporter.events]
     assert kinds == [("stage-start", None), ("stage-failed", "ConfigError")]
+
+
+def test_library_errors_name_arguments_and_the_cli_shows_their_flags(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 13: library messages never speak of flags; the command line turns the argument
+    an error names (core.errors.Option) into the flag the user typed, in text and JSON."""
+    from appsdk.deliver.serialplan import DevicePlan, apply_overrides
+
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(DevicePlan(serial="A1"), update_url="ftp://x/")
+    assert str(info.value).startswith("update_url: 'ftp://x/'")
+    code = cli.main(["provision", "serial", "socket://127.0.0.1:9", "--update-url",
+                     "ftp://x/", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "appsdk: error: --update-url: 'ftp://x/'" in err
+    reported = json.loads(out.splitlines()[-1])
+    assert reported["field"] == "--update-url"
+    assert reported["message"].startswith("--update-url: 'ftp://x/'")
+    # A YAML field of the same name is not an argument: it keeps its name.
+    plain = ConfigError("unknown board", file="appliance.yaml", line=3, field="board")
+    assert cli.shown(plain)[0] == "appliance.yaml:3: board: unknown board"

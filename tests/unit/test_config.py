@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from appsdk.cli import shown
 from appsdk.core.errors import ConfigError
 from appsdk.core.units import MiB
 from appsdk.spec.appliance import load_appliance
@@ -100,8 +101,9 @@ def test_missing_overlay_dir(tmp_path: Path) -> None:
 def test_version_override_is_validated(tmp_path: Path) -> None:
     app = load_appliance(write(tmp_path, "id: ok\nversion: '1'\n"))
     assert app.with_version("2.0~rc1").version == "2.0~rc1"
-    with pytest.raises(ConfigError, match="--version"):
+    with pytest.raises(ConfigError, match="version: ") as info:
         app.with_version("2_0")
+    assert shown(info.value)[0].startswith("--version: ")
 
 
 # Issue 12, class 6: nothing is accepted or changed silently.
@@ -184,11 +186,11 @@ def test_sizes_and_limits_in_range_are_kept(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("overrides, words", [
-    ({"update_url": "ftp://x/"}, "--update-url: 'ftp://x/' is not an http:// or https://"),
-    ({"update_url": "http://x/\n"}, "--update-url: contains a newline"),
-    ({"update_url": ""}, "--update-url: must not be empty"),
-    ({"version": "1_0"}, "--version: '1_0' is not a valid version"),
-    ({"version": ""}, "--version: must not be empty"),
+    ({"update_url": "ftp://x/"}, "update_url: 'ftp://x/' is not an http:// or https://"),
+    ({"update_url": "http://x/\n"}, "update_url: contains a newline"),
+    ({"update_url": ""}, "update_url: must not be empty"),
+    ({"version": "1_0"}, "version: '1_0' is not a valid version"),
+    ({"version": ""}, "version: must not be empty"),
 ])
 def test_python_api_overrides_are_checked_before_any_work(
     tmp_path: Path, overrides: dict[str, str], words: str
@@ -198,5 +200,8 @@ def test_python_api_overrides_are_checked_before_any_work(
     write(tmp_path, "id: ok\nversion: '1'\n")
     with pytest.raises(ConfigError) as info:
         build(tmp_path, output=tmp_path / "out", **overrides)
-    assert words in str(info.value)
+    assert str(info.value).startswith(words)
+    # The command line shows the argument as its flag.
+    argument, rest = words.split(": ", 1)
+    assert shown(info.value)[0].startswith(f"--{argument.replace('_', '-')}: {rest}")
     assert not (tmp_path / "out").exists()

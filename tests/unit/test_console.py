@@ -122,10 +122,12 @@ def test_attach_reports_a_wrong_password() -> None:
 
 
 def test_attach_without_password_when_asked_says_so() -> None:
+    from appsdk.cli import shown
     from appsdk.core.errors import AppsdkError
 
-    with pytest.raises(AppsdkError, match="pass --password"):
+    with pytest.raises(AppsdkError, match="asks for a password") as info:
         Shell(LoginConsole(), patience=0.1).attach(user="admin", timeout=30)
+    assert shown(info.value)[1] == "give the password (--password)"
 
 
 def test_expect_without_consuming_leaves_the_output_for_the_next_expect() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from appsdk.cli import shown
 from appsdk.core.errors import AppsdkError, ConfigError, ToolMissing
 from appsdk.core.runner import FakeRunner, Result, Runner
 from appsdk.trust import keys
@@ -48,7 +49,8 @@ def test_an_existing_open_directory_is_refused_and_left_alone(tmp_path: Path,
     home.chmod(bits)
     with pytest.raises(ConfigError, match="open to other users") as info:
         keys.generate(home, "k", FakeRunner())
-    assert str(home) in str(info.value) and info.value.hint and "new --keys" in info.value.hint
+    assert str(home) in str(info.value) and info.value.hint and "new key dir" in info.value.hint
+    assert "(--keys)" in str(shown(info.value)[1])  # the command line names the flag
     assert mode(home) == bits and list(home.iterdir()) == []
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from appsdk.cli import shown
 from appsdk.core.errors import ConfigError
 from appsdk.spec.appliance import load_appliance
 from appsdk.spec.scaffold import init
@@ -95,15 +96,17 @@ def test_a_dangling_directory_link_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("board", ["x\nservices: [evil]", "../x", "", "X86"])
 def test_a_bad_board_name_is_refused(tmp_path: Path, board: str) -> None:
-    with pytest.raises(ConfigError, match="--board"):
+    with pytest.raises(ConfigError, match="board: ") as info:
         init(tmp_path, "ok", board)
+    assert shown(info.value)[0].startswith("--board: ")
     assert not (tmp_path / "appliance.yaml").exists()
 
 
 @pytest.mark.parametrize("app_id", ["Bad", "a_b", "-x", "x" * 40])
 def test_a_bad_id_is_refused(tmp_path: Path, app_id: str) -> None:
-    with pytest.raises(ConfigError, match="--id"):
+    with pytest.raises(ConfigError, match="id: ") as info:
         init(tmp_path, app_id)
+    assert shown(info.value)[0].startswith("--id: ")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")

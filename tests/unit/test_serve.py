@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from appsdk.cli import shown
 from appsdk.core.errors import ConfigError
 from appsdk.update.serve import make_server, serve_in_thread
 
@@ -150,19 +151,22 @@ def test_a_port_in_use_is_a_config_error(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         with pytest.raises(ConfigError, match=f"port {port} is already in use") as info:
             make_server(tmp_path, port)
-    assert info.value.hint and "--port" in info.value.hint
+    assert info.value.hint and "another port" in info.value.hint
+    assert shown(info.value)[0].startswith(f"--port: port {port} is already in use")
 
 
 @pytest.mark.parametrize("host", ["no such host!", "256.1.1.1", "a\0b", ""])
 def test_a_bad_host_is_a_config_error(tmp_path: Path, host: str) -> None:
-    with pytest.raises(ConfigError, match="--host"):
+    with pytest.raises(ConfigError, match="host: ") as info:
         make_server(tmp_path, 0, host).server_close()
+    assert shown(info.value)[0].startswith("--host: ")
 
 
 @pytest.mark.parametrize("port", [-1, 65536, 10**20])
 def test_a_bad_port_is_a_config_error(tmp_path: Path, port: int) -> None:
-    with pytest.raises(ConfigError, match="--port"):
+    with pytest.raises(ConfigError, match="port: ") as info:
         make_server(tmp_path, port)
+    assert shown(info.value)[0].startswith("--port: ")
 
 
 def test_a_root_that_is_not_a_directory(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from appsdk.core.errors import (
     AppsdkError,
     InternalError,
     Interrupted,
+    Option,
     OutputClosed,
     PathError,
     UsageError,
@@ -41,7 +42,7 @@ from appsdk.core.errors import (
 
 # The argument types under the names tests (and older callers) use: cli._port, ...
 __all__ = ["COMMANDS", "_baud", "_count", "_existing", "_forward", "_new_dir", "_new_file",
-           "_port", "_seconds", "_size", "main"]
+           "_port", "_seconds", "_size", "main", "shown"]
 
 # Looked up here at each call (tests swap entries in).
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -66,18 +67,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Known before parsing, so that a bad command line is reported as JSON too.
     as_json = "--json" in argv
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except UsageError as exc:
         print(exc.usage, end="", file=sys.stderr)
         return _fail(exc, as_json)
+    flags = _flags(parser)
     as_json = bool(getattr(args, "json", False))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(name)s: %(message)s")
     try:
         return int(COMMANDS[args.command](args))
     except AppsdkError as exc:
-        return _fail(exc, as_json)
+        return _fail(exc, as_json, flags)
     except KeyboardInterrupt:
         return _fail(Interrupted("interrupted"), as_json)
     except BrokenPipeError:
@@ -99,14 +102,53 @@ def _output_closed() -> int:
     return OutputClosed.exit_code
 
 
-def _fail(exc: AppsdkError, as_json: bool) -> int:
+def _flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Argument name -> the flag that sets it (port -> --port), over every subcommand."""
+    flags: dict[str, str] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                flags.update(_flags(sub))
+        elif action.option_strings:
+            flags[action.dest] = max(action.option_strings, key=len)
+    return flags
+
+
+def _as_flag(exc: AppsdkError, flags: dict[str, str]) -> tuple[str, dict[str, object]]:
+    """The error's text and JSON object, with an API argument it names (Option) shown as
+    the flag the user typed."""
+    text, data = str(exc), exc.as_dict()
+    name = exc.field
+    if isinstance(name, Option) and name in flags:
+        flag = flags[name]
+        if text.startswith(f"{name}: "):
+            text = f"{flag}: {text[len(name) + 2:]}"
+        elif f": {name}: " in text:  # after a file name
+            text = text.replace(f": {name}: ", f": {flag}: ", 1)
+        else:
+            text = f"{flag}: {text}"
+        data.update(field=flag, message=text)
+    if exc.hint and exc.remedy in flags:
+        data["hint"] = f"{exc.hint} ({flags[exc.remedy]})"
+    return text, data
+
+
+def shown(exc: AppsdkError) -> tuple[str, str | None]:
+    """The error's message and hint as the command line prints them (arguments as flags)."""
+    text, data = _as_flag(exc, _flags(build_parser()))
+    hint = data["hint"]
+    return text, hint if isinstance(hint, str) else None
+
+
+def _fail(exc: AppsdkError, as_json: bool, flags: dict[str, str] | None = None) -> int:
     """Report an error: text on stderr always; under --json also one object on stdout."""
     kind = "internal error" if isinstance(exc, InternalError) else "error"
-    print(f"appsdk: {kind}: {exc}", file=sys.stderr)
-    if exc.hint:
-        print(f"appsdk: hint: {exc.hint}", file=sys.stderr)
+    text, data = _as_flag(exc, flags or {})
+    print(f"appsdk: {kind}: {text}", file=sys.stderr)
+    if data["hint"]:
+        print(f"appsdk: hint: {data['hint']}", file=sys.stderr)
     if as_json:
-        print(json.dumps(exc.as_dict(), sort_keys=True, default=str), flush=True)
+        print(json.dumps(data, sort_keys=True, default=str), flush=True)
     return exc.exit_code
 
 

@@ -11,6 +11,12 @@ from typing import Any
 EXIT_OK = 0
 
 
+class Option(str):
+    """The name of an API argument (`port`, `update_url`) where an error's `field` is one,
+    not a field of a file. The library names arguments so; the CLI shows the flag that set
+    the argument instead (--port), so library messages never speak of flags."""
+
+
 class AppsdkError(Exception):
     """Base of every error appsdk raises on purpose. `hint` says what to do about it;
     `file` and `device` name the offending input where one is known."""
@@ -20,9 +26,11 @@ class AppsdkError(Exception):
     field: str | None = None
     line: int | None = None
     device: str | None = None
+    remedy: Option | None = None  # the argument that would change the outcome (CLI: its flag)
 
     def __init__(self, message: str, hint: str | None = None, *, file: str | None = None,
-                 device: str | None = None) -> None:
+                 device: str | None = None, option: Option | None = None,
+                 remedy: Option | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
@@ -30,6 +38,10 @@ class AppsdkError(Exception):
             self.file = file
         if device is not None:
             self.device = device
+        if option is not None:
+            self.field = option
+        if remedy is not None:
+            self.remedy = remedy
 
     def __str__(self) -> str:
         return self.message
@@ -60,13 +72,14 @@ class ConfigError(AppsdkError):
         line: int | None = None,
         field: str | None = None,
         hint: str | None = None,
+        remedy: Option | None = None,
     ) -> None:
         where = file or ""
         if file and line:
             where = f"{file}:{line}"
         if field:
             where = f"{where}: {field}" if where else field
-        super().__init__(f"{where}: {message}" if where else message, hint)
+        super().__init__(f"{where}: {message}" if where else message, hint, remedy=remedy)
         self.file = file
         self.line = line
         self.field = field

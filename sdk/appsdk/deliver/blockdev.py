@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appsdk.core.errors import DeviceRefused
+from appsdk.core.errors import DeviceRefused, Option
 
 # Mount points whose disk is "the system": never a target, whatever the flags.
 SYSTEM_MOUNTS = ("/", "/usr", "/boot", "/boot/efi", "/efi", "/var", "/home")
@@ -26,7 +26,7 @@ _PSEUDO = ("ram", "zram", "dm-", "md", "sr", "nbd")
 @dataclass(frozen=True)
 class Refusal:
     reason: str
-    override: str | None = None  # the flag that overrides it, where overriding is sensible
+    override: Option | None = None  # the argument that overrides it, where that is sensible
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class BlockDevice:
             out.append(Refusal("it has no medium (empty card reader?)"))
         if not self.removable and self.bus not in REMOVABLE_BUSES and not allow_fixed:
             out.append(Refusal(f"it is not removable (bus {self.bus or 'unknown'}), "
-                               "so probably an internal disk", "--allow-fixed"))
+                               "so probably an internal disk", Option("allow_fixed")))
         return out
 
 
@@ -254,8 +254,10 @@ def refuse_if_unsafe(dev: BlockDevice, allow_fixed: bool, min_size: int) -> None
                                 f"{min_size} bytes"))
     if refusals:
         overrides = sorted({r.override for r in refusals if r.override})
+        only = overrides[0] if len(overrides) == 1 and all(r.override for r in refusals) \
+            else None
         raise DeviceRefused(
             f"refusing to write to {dev.identity}: "
             + "; ".join(r.reason for r in refusals) + ". Nothing was written.",
-            hint=("if you are sure, pass " + " ".join(overrides))
-            if overrides and all(r.override for r in refusals) else None, device=dev.path)
+            hint="if you are sure it is the right disk, allow it" if only else None,
+            device=dev.path, remedy=only)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from appsdk.core.errors import AppsdkError, CommandTimeout
+from appsdk.core.errors import AppsdkError, CommandTimeout, Option
 
 ANSI = re.compile(rb"\x1b\[[0-9;?!]*[ -/]*[@-~]|\x1b[()][A-Z0-9]|\x1b[=>]|\r")
 
@@ -161,7 +161,8 @@ class Shell:
                 continue
             if re.search(r"[Pp]assword: ?$", last):
                 if password is None:
-                    raise AppsdkError("the console asks for a password; pass --password")
+                    raise AppsdkError("the console asks for a password",
+                                      hint="give the password", remedy=Option("password"))
                 self.send(password)
                 poke = False
                 continue

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from appsdk.core.errors import DeviceRefused
+from appsdk.core.errors import DeviceRefused, Option
 from appsdk.deliver.blockdev import BlockDevice, probe, refuse_if_unsafe
 from appsdk.deliver.source import Source
 
@@ -18,7 +18,8 @@ def check_target(source: Source, device: str | Path, board: str | None,
     if board and source.board and board != source.board:
         raise DeviceRefused(f"{source.image} was built for board {source.board}, not {board}; "
                             "nothing was written",
-                            hint=f"flash a build for {board}, or pass --board {source.board}")
+                            hint=f"flash a build for {board}, or name the board {source.board}",
+                            remedy=Option("board"))
     dev = probe(device)
     refuse_if_unsafe(dev, allow_fixed, source.min_device_size)
     if dev.backed_by(source.image):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from appsdk.core.errors import ConfigError
+from appsdk.core.errors import ConfigError, Option
 from appsdk.spec import fields
 from appsdk.spec.fields import FieldError
 from appsdk.spec.reader import Reader
@@ -80,10 +80,12 @@ class Plan:
         if serial is None:
             if len(self.entries) > 1:
                 raise ConfigError(f"the plan lists {len(self.entries)} devices; say which "
-                                  "one with --device SERIAL", file=str(self.path))
+                                  "one by its serial", file=str(self.path),
+                                  hint="known: " + ", ".join(self.entries),
+                                  remedy=Option("device"))
             serial = next(iter(self.entries), "")
         else:
-            serial = fields.serial(serial, "--device")
+            serial = fields.serial(serial, Option("device"))
             if self.entries and serial not in self.entries:
                 raise ConfigError(f"no device with serial {serial!r} in the plan",
                                   file=str(self.path), hint="known: " + ", ".join(self.entries))
@@ -213,10 +215,10 @@ def select_device(plan: Path | None, device: str | None) -> DevicePlan:
     for the serial `device`."""
     if plan is not None:
         return load_plan(plan).device(device)
-    return DevicePlan(serial=fields.serial(device, "--device") if device is not None else "")
+    return DevicePlan(serial=fields.serial(device, Option("device")) if device is not None else "")
 
 
-def parse_file_spec(spec: str, flag: str = "--file") -> FileSpec:
+def parse_file_spec(spec: str, flag: str = Option("file")) -> FileSpec:
     """SRC:/ABSOLUTE/DEST[:MODE], as --file takes it."""
     parts = spec.split(":")
     if len(parts) not in (2, 3):
@@ -227,7 +229,7 @@ def parse_file_spec(spec: str, flag: str = "--file") -> FileSpec:
     return FileSpec(Path(parts[0]), fields.device_path(parts[1], flag), mode)
 
 
-def parse_credential_spec(spec: str, flag: str = "--credential") -> tuple[str, Path]:
+def parse_credential_spec(spec: str, flag: str = Option("credential")) -> tuple[str, Path]:
     """NAME=FILE, as --credential takes it."""
     name, _, path = spec.partition("=")
     if not path or not Path(path).is_file():
@@ -250,19 +252,20 @@ def apply_overrides(plan: DevicePlan, *, hostname: str | None = None, serial: st
     creds = dict(plan.credentials)
     for item in credentials:
         name, path = parse_credential_spec(item) if isinstance(item, str) else item
-        creds[fields.credential_name(name, "--credential")] = path
+        creds[fields.credential_name(name, Option("credential"))] = path
     keys = tuple(authorized_keys)
     for key in keys:
         if not Path(key).is_file():
-            raise FieldError("--authorized-key", f"{str(key)!r} is not a file")
-        fields.authorized_key_file(str(key), "--authorized-key")
+            raise FieldError(Option("authorized_key"), f"{str(key)!r} is not a file")
+        fields.authorized_key_file(str(key), Option("authorized_key"))
     return replace(
-        plan, hostname=given(hostname, fields.hostname, "--hostname", plan.hostname),
-        serial=given(serial, fields.serial, "--serial", plan.serial),
-        update_url=given(update_url, fields.update_url, "--update-url", plan.update_url),
+        plan, hostname=given(hostname, fields.hostname, Option("hostname"), plan.hostname),
+        serial=given(serial, fields.serial, Option("serial"), plan.serial),
+        update_url=given(update_url, fields.update_url, Option("update_url"), plan.update_url),
         files=plan.files + tuple(parse_file_spec(f) if isinstance(f, str) else f
                                  for f in files),
         authorized_keys=plan.authorized_keys + tuple(Path(k) for k in keys),
         credentials=tuple(sorted(creds.items())),
-        user=given(user, fields.user_name, "--user", plan.user),
-        password=plan.password if password is None else fields.password(password, "--password"))
+        user=given(user, fields.user_name, Option("user"), plan.user),
+        password=plan.password if password is None
+        else fields.password(password, Option("password")))

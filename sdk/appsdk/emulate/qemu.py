@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appsdk.core.cache import cache_root, key_of
-from appsdk.core.errors import CommandFailed, ConfigError, PathError, ToolMissing
+from appsdk.core.errors import CommandFailed, ConfigError, Option, PathError, ToolMissing
 from appsdk.image.gpt import disk_table
 from appsdk.spec.boards import EmulatedBoard, Emulator, FirmwareRef, HostFile
 
@@ -183,9 +183,9 @@ def kvm_works(board: EmulatedBoard, emulator: str | None = None) -> bool:
 
 def check_ports(serial_port: int | None, forward: Sequence[tuple[int, int]]) -> None:
     """Refuse host ports that are given twice or already taken, before QEMU starts: its own
-    error comes after the firmware has loaded and names no flag."""
-    wanted = [("--serial-port", serial_port)] if serial_port else []
-    wanted += [("--forward", host) for host, _ in forward]
+    error comes after the firmware has loaded and names no argument."""
+    wanted = [(Option("serial_port"), serial_port)] if serial_port else []
+    wanted += [(Option("forward"), host) for host, _ in forward]
     seen: set[int] = set()
     for flag, port in wanted:
         if port in seen:
@@ -209,16 +209,16 @@ def prepare_disk(image: Path, disk: Path | None, size: int | None) -> Path:
         return image
     if disk.exists() and not disk.is_file():
         raise ConfigError("is not a regular file (a disk image is needed)", file=str(disk),
-                          field="--disk", hint="give a file name for the working copy")
+                          field=Option("disk"), hint="give a file name for the working copy")
     if disk.exists():
         # An existing file is reused as the VM's writable disk and grown: it must be one.
         try:
             disk_table(disk)
         except ConfigError:
             raise ConfigError("exists and is not a disk image (no partition table); "
-                              "it would be grown and booted as the VM's disk", field="--disk",
+                              "it would be grown and booted as the VM's disk", field=Option("disk"),
                               file=str(disk), hint="give a new file name for the working "
-                              "copy, or a copy made by an earlier --disk") from None
+                              "copy, or a working copy made earlier") from None
     try:
         if not disk.exists():
             disk.parent.mkdir(parents=True, exist_ok=True)
@@ -231,7 +231,9 @@ def prepare_disk(image: Path, disk: Path | None, size: int | None) -> Path:
         if size and disk.stat().st_size < size:
             os.truncate(disk, size)
     except OSError as exc:
-        raise PathError.from_oserror(exc, "cannot make the working copy (--disk)") from None
+        error = PathError.from_oserror(exc, "cannot make the working copy")
+        error.field = Option("disk")
+        raise error from None
     return disk
 
 

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from appsdk.core.errors import Option
 from appsdk.core.progress import Event, EventKind, Reporter
 from appsdk.core.runner import Runner
 from appsdk.spec import fields
@@ -37,10 +38,11 @@ def resolve_inputs(source: Path, *, board: str | None, version: str | None,
     """Everything but the signing key, which `signing_key` loads once the output
     directory is claimed (so a build refused for its output never touches the key)."""
     app = load_appliance(source)
-    # Overrides get the validators of the fields they replace; errors name the CLI flag.
+    # Overrides get the validators of the fields they replace; errors name the argument.
     if version is not None:
-        app = app.with_version(version, "--version")
-    url = app.update.url if update_url is None else fields.update_url(update_url, "--update-url")
+        app = app.with_version(version, Option("version"))
+    url = (app.update.url if update_url is None
+           else fields.update_url(update_url, Option("update_url")))
     brd = load_board(board or app.board)
     if not brd.complete:
         reporter.emit(Event(EventKind.INFO, "board",

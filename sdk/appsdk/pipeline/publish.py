@@ -13,7 +13,7 @@ from pathlib import Path
 
 from appsdk.contract.buildinfo import BUILD_JSON
 from appsdk.core.digest import sha256_file
-from appsdk.core.errors import BuildError, ConfigError, PathError
+from appsdk.core.errors import BuildError, ConfigError, Option, PathError
 
 WORK = ".work"
 
@@ -52,7 +52,8 @@ def claim_output(output: Path) -> int:
         os.close(fd)
         raise BuildError(f"{output}: another build is using this output directory",
                          file=str(output),
-                         hint="wait for it to finish, or build into another --output") from None
+                         hint="wait for it to finish, or build into another output directory",
+                         remedy=Option("output")) from None
     return fd
 
 

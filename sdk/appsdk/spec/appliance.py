@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appsdk.core.errors import ConfigError
+from appsdk.core.errors import ConfigError, Option
 from appsdk.core.units import MiB
 from appsdk.spec import fields
 from appsdk.spec.boards import DEFAULT_BOARD
@@ -133,7 +133,7 @@ class Appliance:
     firmware: str | None = None  # the board's firmware chain; None: the board's default
     source: Path | None = None
 
-    def with_version(self, version: str, flag: str = "--version") -> Appliance:
+    def with_version(self, version: str, flag: str = Option("version")) -> Appliance:
         """This appliance with another version (an override; errors name `flag`)."""
         import dataclasses
 

@@ -156,7 +156,7 @@ def list_boards(directory: Path | None = None) -> list[Board]:
 
 def load_board(name: str, directory: Path | None = None, field: str = "board") -> Board:
     """The profile NAME.yaml found first along the lookup path. A name is a name, never a
-    path (errors name `field`, e.g. "--board")."""
+    path (errors name `field`, e.g. Option("board") for an argument)."""
     name = board_name(name, field)
     files = board_files(directory)
     if name not in files:

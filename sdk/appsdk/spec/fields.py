@@ -2,8 +2,9 @@
 plan readers, CLI flags and the Python API.
 
 A validator takes the value and the name of the field it came from ("update.url",
-"--update-url", "devices[0].hostname") and returns the normalized value or raises
-FieldError (a ConfigError) naming that field. A validated value validates to itself."""
+"devices[0].hostname", or an API argument as core.errors.Option("update_url"), which the
+CLI shows as its flag) and returns the normalized value or raises FieldError (a
+ConfigError) naming that field. A validated value validates to itself."""
 
 from __future__ import annotations
 

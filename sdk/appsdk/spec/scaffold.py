@@ -9,7 +9,7 @@ import re
 import stat
 from pathlib import Path
 
-from appsdk.core.errors import ConfigError
+from appsdk.core.errors import ConfigError, Option
 from appsdk.spec.appliance import FILENAME, ID_PATTERN
 from appsdk.spec.boards import DEFAULT_BOARD
 from appsdk.spec.fields import BOARD_PATTERN
@@ -52,10 +52,10 @@ def init(directory: Path, app_id: str | None = None, board: str = DEFAULT_BOARD)
     may be a link only to a directory beside it."""
     app_id = app_id or directory.resolve().name.lower().replace("_", "-")
     if not re.fullmatch(ID_PATTERN, app_id):
-        raise ConfigError(f"{app_id!r} is not a valid appliance id", field="--id",
+        raise ConfigError(f"{app_id!r} is not a valid appliance id", field=Option("id"),
                           hint="lowercase letters, digits and '-', at most 31 characters")
     if not re.fullmatch(BOARD_PATTERN, board):
-        raise ConfigError(f"{board!r} is not a board name", field="--board",
+        raise ConfigError(f"{board!r} is not a board name", field=Option("board"),
                           hint="see `appsdk boards` for the names")
     config = directory / FILENAME
     fd = _open_directory(directory)

@@ -11,7 +11,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from appsdk.core.errors import AppsdkError, CommandFailed, ConfigError, ToolMissing, VerifyFailed
+from appsdk.core.errors import (
+    AppsdkError,
+    CommandFailed,
+    ConfigError,
+    Option,
+    ToolMissing,
+    VerifyFailed,
+)
 from appsdk.core.runner import Runner, require
 from appsdk.spec import fields
 from appsdk.spec.appliance import Appliance
@@ -39,11 +46,12 @@ def default_dir(app_id: str) -> Path:
 
 
 def home_for(app: Appliance, override: Path | None = None) -> Path:
-    """The key's GnuPG home for `app`: `override` (--keys), else update.key, else the
+    """The key's GnuPG home for `app`: `override`, else update.key, else the
     per-user default. Whichever it is, never inside the overlay (fields.key_dir): the
     overlay is copied into the image, the private key with it."""
     if override is not None:
-        return fields.key_dir(str(override), "--keys", base=Path.cwd(), overlay=app.overlay)
+        return fields.key_dir(str(override), Option("keys"), base=Path.cwd(),
+                              overlay=app.overlay)
     if app.update.key is not None:
         return app.update.key  # checked where appliance.yaml was read
     origin = "APPSDK_KEYS_DIR" if os.environ.get("APPSDK_KEYS_DIR") else "the default key dir"
@@ -98,9 +106,9 @@ def generate(directory: Path, uid: str, runner: Runner) -> SigningKey:
     return key
 
 
-def _refuse(directory: Path, why: str, hint: str = "choose a new --keys DIR (appsdk creates "
-            "it with mode 0700)") -> ConfigError:
-    return ConfigError(why, file=str(directory), hint=hint)
+def _refuse(directory: Path, why: str, hint: str = "choose a new key directory (appsdk "
+            "creates it with mode 0700)") -> ConfigError:
+    return ConfigError(why, file=str(directory), hint=hint, remedy=Option("keys"))
 
 
 def _prepare_dir(directory: Path) -> bool:
@@ -118,7 +126,7 @@ def _prepare_dir(directory: Path) -> bool:
                 os.close(fd)
         except OSError as exc:
             raise _refuse(directory, f"cannot create the key directory: {exc.strerror}",
-                          "choose a --keys DIR in a place you can write to") from None
+                          "choose a key directory in a place you can write to") from None
         return True
     except OSError as exc:
         raise _refuse(directory, f"cannot use the key directory: {exc.strerror}") from None
@@ -126,7 +134,7 @@ def _prepare_dir(directory: Path) -> bool:
         raise _refuse(directory, "exists and is not a directory")
     if (directory / PUBRING).exists() or (directory / "private-keys-v1.d").exists():
         raise _refuse(directory, "a signing key already exists here; not overwriting",
-                      "use it, or choose another --keys DIR")
+                      "use it, or choose another key directory")
     if os.listdir(directory):
         raise _refuse(directory, "is not empty: a new key needs a directory of its own")
     if st.st_uid != os.geteuid():
@@ -134,8 +142,8 @@ def _prepare_dir(directory: Path) -> bool:
     if stat.S_IMODE(st.st_mode) & 0o077:
         raise _refuse(directory, f"is open to other users (mode {stat.S_IMODE(st.st_mode):04o})"
                       "; appsdk does not change a directory it did not create",
-                      "choose a new --keys DIR (appsdk creates it with mode 0700), or run "
-                      "chmod 700 on this one yourself")
+                      "choose a new key directory (appsdk creates it with mode 0700), or "
+                      "run chmod 700 on this one yourself")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise _refuse(directory, "is not writable")
     return False
@@ -158,7 +166,8 @@ def load(directory: Path, runner: Runner | None = None,
     runner = runner or Runner()
     if not directory.is_dir():
         raise ConfigError("no update-signing key", file=str(directory),
-                          hint="create one with `appsdk keys generate`, or point --keys at it")
+                          hint="create one with `appsdk keys generate`, or give the "
+                          "directory of an existing one", remedy=Option("keys"))
     out = runner.run(_gpg(directory, "--with-colons", "--list-secret-keys")).stdout
     match = re.search(r"^fpr:+([0-9A-F]{40,64}):", out, re.M)
     if not match:

@@ -169,7 +169,7 @@ def _sign_checked(stage: Path, key: SigningKey, runner: Runner) -> None:
     except VerifyFailed:
         raise VerifyFailed(f"the new signature does not verify with {key.public_keyring}",
                            hint="that keyring is not the signing key's public key; export it "
-                           "again (gpg --export) or use the right --keys directory") from None
+                           "again (gpg --export) or use the right key directory") from None
     _sync(signature)
 
 

@@ -20,7 +20,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from appsdk.core.errors import ConfigError
+from appsdk.core.errors import ConfigError, Option
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -120,7 +120,7 @@ def _family(host: str, port: int) -> socket.AddressFamily:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
     except (OSError, UnicodeError, ValueError) as exc:
-        raise ConfigError(f"cannot use host {host!r}: {exc}", field="--host",
+        raise ConfigError(f"cannot use host {host!r}: {exc}", field=Option("host"),
                           hint="give an address of this machine, e.g. 127.0.0.1, 0.0.0.0 "
                           "or ::") from None
     return infos[0][0]
@@ -129,16 +129,16 @@ def _family(host: str, port: int) -> socket.AddressFamily:
 def _bind_error(exc: OSError, host: str, port: int) -> ConfigError:
     where = f"{host}:{port}"
     if exc.errno == errno.EADDRINUSE:
-        return ConfigError(f"port {port} is already in use on {host}", field="--port",
-                           hint="stop the program using it, or choose another --port")
+        return ConfigError(f"port {port} is already in use on {host}", field=Option("port"),
+                           hint="stop the program using it, or choose another port")
     if exc.errno == errno.EACCES:
-        return ConfigError(f"not allowed to listen on {where}", field="--port",
-                           hint="ports below 1024 need root; choose a --port above 1024")
+        return ConfigError(f"not allowed to listen on {where}", field=Option("port"),
+                           hint="ports below 1024 need root; choose a port above 1024")
     if exc.errno == errno.EADDRNOTAVAIL:
-        return ConfigError(f"{host} is not an address of this machine", field="--host",
+        return ConfigError(f"{host} is not an address of this machine", field=Option("host"),
                            hint="give a local address, e.g. 127.0.0.1 or 0.0.0.0")
-    return ConfigError(f"cannot listen on {where}: {exc.strerror or exc}", field="--host",
-                       hint="check --host and --port")
+    return ConfigError(f"cannot listen on {where}: {exc.strerror or exc}", field=Option("host"),
+                       hint="check the host and the port")
 
 
 def make_server(directory: Path, port: int = 8000, host: str = "127.0.0.1",
@@ -147,7 +147,7 @@ def make_server(directory: Path, port: int = 8000, host: str = "127.0.0.1",
         raise ConfigError("not a directory", file=str(directory),
                           hint="give the release directory (made by `appsdk release OUT`)")
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ConfigError(f"{port!r} is not a TCP port", field="--port",
+        raise ConfigError(f"{port!r} is not a TCP port", field=Option("port"),
                           hint="give a number from 1 to 65535 (0: any free port)")
     root = os.path.realpath(directory)
     family = _family(host, port)
