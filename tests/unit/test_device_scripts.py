@@ -644,3 +644,42 @@ def test_install_local_update_keeps_odd_directories_intact(dev: Device) -> None:
     assert dev.log()[0].startswith("mount -o remount,rw")
     assert dev.log()[-1].startswith("mount -o remount,ro")
 
+
+
+# --- boot counting after a refused UKI -----------------------------------------------------
+
+LOADER = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+
+
+def loader_var(dev: Device, name: str, value: str) -> None:
+    # efivarfs: 4 attribute bytes, then the UTF-16LE string with its NUL.
+    dev.put(f"sys/firmware/efi/efivars/{name}-{LOADER}",
+            b"\x06\x00\x00\x00" + (value + "\0").encode("utf-16-le"))
+
+
+@pytest.mark.parametrize(("selected", "counted", "blessed"), [
+    ("hello_2.0.efi", "hello_2.0+2-1.efi", True),  # a trial boot of 2.0 (systemd 257.10+)
+    ("hello_2.0+3.efi", "hello_2.0+2-1.efi", True),  # ids with the counter (before 257.10)
+    ("HELLO_2.0.EFI", "hello_2.0+0-3.efi", True),
+    (None, "hello_2.0+2-1.efi", True),  # a loader that does not say what it selected
+    # The firmware refused hello_9.0 (counted +1 -> +0-1), then systemd-boot booted 1.0.
+    ("hello_1.0.efi", "hello_9.0+0-1.efi", False),
+    ("hello_2.0.efi", "hello_2.0.1+1-0.efi", False),  # a prefix is not the same entry
+])
+def test_only_a_try_of_the_booted_entry_is_blessed(dev: Device, selected: str | None,
+                                                    counted: str, blessed: bool) -> None:
+    loader_var(dev, "LoaderBootCountPath", f"\\EFI\\Linux\\{counted}")
+    if selected is not None:
+        loader_var(dev, "LoaderEntrySelected", selected)
+    entry = lib(dev, "counted_entry")
+    assert entry.stdout.decode().strip() == (counted if blessed else "")
+    check = dev.run("appsdk-bless-check")
+    assert check.returncode == (0 if blessed else 1), check.stderr
+    if not blessed:
+        assert f"not blessing {counted}".encode() in check.stderr
+        assert b"firmware refused" in (dev.root / "console").read_bytes()
+
+
+def test_bless_check_without_a_counted_boot_lets_bless_boot_speak(dev: Device) -> None:
+    assert dev.run("appsdk-bless-check").returncode == 0
+    assert lib(dev, "counted_entry").stdout == b""

@@ -164,6 +164,10 @@ class Project:
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
+    return make_project(tmp_path, monkeypatch)
+
+
+def make_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
     source = tmp_path / "hello"
     shutil.copytree(HELLO, source, symlinks=True)
     keys = tmp_path / "keys"

@@ -47,7 +47,8 @@ def key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SigningKey]:
 
 
 def make_build(directory: Path, version: str, *, arch: str = "x86-64", app_id: str = "hello",
-               salt: str = "", signed_by: str | None = None) -> Path:
+               salt: str = "", signed_by: str | None = None,
+               secure_boot_db: str | None = None) -> Path:
     """A build directory as the pipeline leaves it, with small fake update artifacts."""
     directory.mkdir(parents=True)
     artifacts = {}
@@ -59,7 +60,9 @@ def make_build(directory: Path, version: str, *, arch: str = "x86-64", app_id: s
     for kind, name in (("image", f"{app_id}_{version}.img"), ("bmap", "x.img.bmap")):
         artifacts[kind] = {"file": name, "size": 0, "sha256": hashlib.sha256().hexdigest()}
     record = {"id": app_id, "version": version, "board": {"name": "x", "arch": arch},
-              "artifacts": artifacts, "update": {"signed_by": signed_by}}
+              "artifacts": artifacts, "update": {"signed_by": signed_by},
+              "secure_boot": {"db_cert_sha256": secure_boot_db, "enroll": "if-safe"}
+              if secure_boot_db else None}
     (directory / "build.json").write_text(json.dumps(record))
     return directory
 
@@ -338,6 +341,31 @@ def test_two_architectures_cannot_collide(tmp_path: Path, v1_out: Path, key: Sig
         with pytest.raises(ConfigError, match=r"x86-64 \(.*\) and arm64 \(.*\) cannot share"):
             release(tmp_path / "new", pair, key, Runner())
     assert snapshot(v1_out) == before and not (tmp_path / "new").exists()
+
+
+@needs_gpg
+def test_uki_signers_cannot_be_mixed(tmp_path: Path, v1_out: Path, key: SigningKey) -> None:
+    """A device enforces one db: a release must not hand it a UKI its firmware refuses
+    (the update would spend its boot tries at the firmware and stop at its boot menu)."""
+    db_a, db_b = "a" * 64, "b" * 64
+    signed = make_build(tmp_path / "s2", "2.0", secure_boot_db=db_a)
+    before = snapshot(v1_out)
+    with pytest.raises(ConfigError, match="signed for Secure Boot none: not signed; these "
+                       "builds are signed for db aaaaaaaaaaaaaaaa"):
+        release(v1_out, [signed], key, Runner())
+    assert snapshot(v1_out) == before
+    other = make_build(tmp_path / "s3", "3.0", secure_boot_db=db_b)
+    with pytest.raises(ConfigError, match="signed for different Secure Boot keys"):
+        release(tmp_path / "new", [signed, other], key, Runner())
+    with pytest.raises(ConfigError, match="signed for different Secure Boot keys"):
+        release(tmp_path / "new", [tmp_path / "b1", signed], key, Runner())
+    assert not (tmp_path / "new").exists()
+    out = tmp_path / "sb"
+    release(out, [signed], key, Runner())
+    assert json.loads((out / MANIFEST).read_text())["secure_boot_db"] == db_a
+    release(out, [make_build(tmp_path / "s4", "4.0", secure_boot_db=db_a)], key, Runner())
+    with pytest.raises(ConfigError, match="publishes UKIs signed for Secure Boot db a"):
+        release(out, [other], key, Runner())
 
 
 @needs_gpg

@@ -16,6 +16,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     result = build(args.directory, board=args.board, version=args.app_version,
                    firmware=args.firmware,
                    output=args.output, reporter=reporter, key_dir=args.keys,
+                   secure_boot_keys=args.secure_boot_keys,
                    update_url=args.update_url)
     if args.json:
         print_json({"output": result.output, "id": result.app_id, "version": result.version,

@@ -1,13 +1,18 @@
-"""Commands of the update chain: `keys generate`, `release` and `serve`."""
+"""Commands of the update chain: `keys generate`, `keys secure-boot`, `release`, `serve`."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import sys
+from typing import TYPE_CHECKING
 
 from appsdk.cli.common import print_json
 from appsdk.core.errors import EXIT_OK, UsageError
+
+if TYPE_CHECKING:
+    from appsdk.core.runner import Runner
+    from appsdk.spec.appliance import Appliance
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -16,15 +21,51 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from appsdk.trust import keys
 
     app = load_appliance(args.directory)
+    if args.keys_command == "secure-boot":
+        return _secure_boot_keys(app, args, Runner())
     home = keys.home_for(app, args.keys)
-    key = keys.generate(home, f"{app.name} update signing ({app.id})", Runner())
+    runner = Runner()
+    key = keys.generate(home, f"{app.name} update signing ({app.id})", runner)
+    report: dict[str, object] = {"directory": key.home, "fingerprint": key.fingerprint,
+                                 "public_keyring": key.public_keyring}
+    if args.secure_boot:
+        from appsdk.trust import secureboot
+
+        sb = secureboot.generate(home / secureboot.SUBDIR, app.name, app.id, runner)
+        report["secure_boot"] = {"directory": sb.directory, "db_cert": sb.db_cert,
+                                 "db_sha256": sb.db_fingerprint()}
     if args.json:
-        print_json({"directory": key.home, "fingerprint": key.fingerprint,
-                    "public_keyring": key.public_keyring})
+        print_json(report)
     else:
         print(f"created update-signing key {key.fingerprint}\n  in {key.home} "
               "(keep it secret and backed up; never commit it)\n"
               f"  public key: {key.public_keyring}")
+        if args.secure_boot:
+            print(f"created Secure Boot key set in {home / 'secure-boot'}")
+    return EXIT_OK
+
+
+def _secure_boot_keys(app: Appliance, args: argparse.Namespace, runner: Runner) -> int:
+    from appsdk.trust import keys, secureboot
+
+    if args.secure_boot_keys is not None:
+        directory = args.secure_boot_keys
+    elif args.keys is None and app.secure_boot is not None and app.secure_boot.keys:
+        directory = app.secure_boot.keys
+    else:
+        directory = keys.home_for(app, args.keys) / secureboot.SUBDIR
+    sb = secureboot.generate(directory, app.name, app.id, runner, db_key=args.db_key,
+                             db_cert=args.db_cert)
+    if args.json:
+        print_json({"directory": sb.directory, "db_cert": sb.db_cert,
+                    "db_sha256": sb.db_fingerprint(),
+                    "enrollment": [sb.auth(r) for r in secureboot.ROLES]})
+    else:
+        print(f"created Secure Boot key set in {sb.directory}\n"
+              f"  db certificate {sb.db_cert} (sha256 {sb.db_fingerprint()[:16]}...)\n"
+              "  enrollment payloads: " + ", ".join(f"{r}.auth" for r in secureboot.ROLES)
+              + "\n  keep PK.key and KEK.key offline once devices are enrolled; "
+              "builds need only db.key, db.crt and the .auth files")
     return EXIT_OK
 
 

@@ -91,9 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="update-signing key directory (default: update.key in appliance.yaml, "
                    "else ~/.config/appsdk/keys/ID)")
     p.add_argument("--update-url", metavar="URL", help="override update.url of appliance.yaml")
+    p.add_argument("--secure-boot-keys", type=Path, metavar="DIR",
+                   help="Secure Boot key set, when appliance.yaml enables secure_boot "
+                   "(default: secure_boot.keys, else secure-boot/ in the --keys directory)")
     p.add_argument("--json", action="store_true", help="progress and result as JSON lines")
 
-    p = sub.add_parser("keys", help="manage the update-signing key")
+    p = sub.add_parser("keys", help="manage the update-signing and Secure Boot keys")
     keys_sub = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     k = keys_sub.add_parser("generate", help="create the project's update-signing key",
                             description="Create an OpenPGP signing key (ed25519) in its own "
@@ -102,6 +105,29 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("directory", type=Path, nargs="?", default=Path("."),
                    help="appliance directory (for its id and update.key)")
     k.add_argument("--keys", type=new_dir, metavar="DIR", help="where to create the key")
+    k.add_argument("--secure-boot", action="store_true",
+                   help="also create a Secure Boot key set in DIR/secure-boot (see "
+                   "`appsdk keys secure-boot`)")
+    k.add_argument("--json", action="store_true")
+    k = keys_sub.add_parser(
+        "secure-boot", help="create the appliance's Secure Boot key set (PK, KEK, db)",
+        description="Create a UEFI Secure Boot key set: PK, KEK and db (RSA-2048 X.509 "
+        "certificate + private key each) and the signed enrollment payloads PK.auth, "
+        "KEK.auth, db.auth that systemd-boot writes into a machine in setup mode. Builds "
+        "with secure_boot: in appliance.yaml sign systemd-boot and every UKI with the db "
+        "key. Keep PK and KEK offline once devices are enrolled (docs/secure-boot.md).")
+    k.add_argument("directory", type=Path, nargs="?", default=Path("."),
+                   help="appliance directory (for its id, name and secure_boot.keys)")
+    k.add_argument("--keys", type=new_dir, metavar="DIR",
+                   help="the appliance's key directory; the set goes into DIR/secure-boot "
+                   "(default: secure_boot.keys in appliance.yaml, else the update key's "
+                   "directory)")
+    k.add_argument("--secure-boot-keys", type=new_dir, metavar="DIR",
+                   help="exactly where to create the key set")
+    k.add_argument("--db-key", type=existing, metavar="FILE",
+                   help="use this db private key (PEM) instead of making one; needs --db-cert")
+    k.add_argument("--db-cert", type=existing, metavar="FILE",
+                   help="the X.509 certificate (PEM) of --db-key")
     k.add_argument("--json", action="store_true")
 
     p = sub.add_parser("release", help="assemble a signed update directory from builds",

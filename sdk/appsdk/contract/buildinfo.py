@@ -182,6 +182,12 @@ def _details(data: dict[str, Any], file: Path) -> None:
         _text(pin, "sha256", file, f"firmware.{name}.sha256", SHA256)
     verity = _get(data, "verity", dict, file, "verity", required=False) or {}
     _text(verity, "roothash", file, "verity.roothash", r"[0-9a-f]{64,128}", required=False)
+    secure_boot = _get(data, "secure_boot", dict, file, "secure_boot", required=False)
+    if secure_boot is not None:
+        if set(secure_boot) != {"db_cert_sha256", "enroll"}:
+            raise _fail(file, "secure_boot", "needs exactly db_cert_sha256, enroll")
+        _text(secure_boot, "db_cert_sha256", file, "secure_boot.db_cert_sha256", SHA256)
+        _text(secure_boot, "enroll", file, "secure_boot.enroll", r"[a-z-]+")
 
 
 def check_record(data: object, file: Path) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from appsdk.spec.boards import Board
 
 # appsdk-lib, which they all source, comes with ondevice.esp_files (every image has it).
 DEVICE_TOOLS = ("appsdk-health-check", "appsdk-boot-failed", "appsdk-rollback-check",
-                "appsdk-status", "appsdk-identity")
+                "appsdk-status", "appsdk-identity", "appsdk-bless-check")
 
 BOOT_FAILED_UNIT = """[Unit]
 Description=appsdk: a health check failed

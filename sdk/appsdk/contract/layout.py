@@ -128,5 +128,9 @@ def kernel_cmdline(app: Appliance, board: Board, roothash: str) -> tuple[str, ..
         f"console={board.console}",
         # The image is configured at build time; never stop at an interactive first-boot wizard.
         "systemd.firstboot=off",
+        # Under Secure Boot the command line is signed, but systemd would still import
+        # credentials from unsigned places: *.cred files on the ESP (systemd-stub), SMBIOS
+        # and fw_cfg. Devices get theirs from /var (appsdk-identity), so none is needed.
+        *(("systemd.import_credentials=no",) if app.secure_boot else ()),
         *app.cmdline,
     )

@@ -196,6 +196,8 @@ BLESS_DROPIN = f"""# appsdk: the ESP is read-only; blessing makes it writable fo
 RequiresMountsFor=/efi
 
 [Service]
+# Skipped (not failed) when LoaderBootCountPath is not this boot's entry: see the script.
+ExecCondition=/usr/lib/appsdk/appsdk-bless-check
 ExecStartPre=+{ESP_TOOL} rw %n
 ExecStartPost=-+{ESP_TOOL} ro %n
 ExecStopPost=-+{ESP_TOOL} ro %n

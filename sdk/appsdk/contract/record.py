@@ -63,6 +63,12 @@ class UpdateRecord:
 
 
 @dataclass(frozen=True)
+class SecureBootRecord:
+    db_cert_sha256: str  # SHA-256 of the db certificate (DER) every EFI binary is signed for
+    enroll: str  # loader.conf secure-boot-enroll on the ESP
+
+
+@dataclass(frozen=True)
 class BuildRecord:
     id: str
     version: str
@@ -83,6 +89,7 @@ class BuildRecord:
     firmware: Mapping[str, FirmwarePin] = field(default_factory=dict)
     verity_roothash: str | None = None
     update: UpdateRecord = field(default_factory=UpdateRecord)
+    secure_boot: SecureBootRecord | None = None  # None: EFI binaries are not signed
     file: Path | None = field(default=None, compare=False)  # where it was read from
 
     def path(self, kind: str) -> Path:
@@ -110,6 +117,7 @@ class BuildRecord:
                          for name, p in self.firmware.items()},
             "verity": {"roothash": self.verity_roothash},
             "update": asdict(self.update),
+            "secure_boot": asdict(self.secure_boot) if self.secure_boot else None,
         }
 
     @classmethod
@@ -140,6 +148,8 @@ class BuildRecord:
             verity_roothash=(data.get("verity") or {}).get("roothash"),
             update=UpdateRecord(update.get("url"), update.get("signed_by"),
                                 bool(update.get("automatic", False))),
+            secure_boot=SecureBootRecord(**data["secure_boot"]) if data.get("secure_boot")
+            else None,
             file=file)
 
 

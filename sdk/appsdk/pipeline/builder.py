@@ -13,7 +13,13 @@ from pathlib import Path
 from appsdk.contract.buildinfo import BUILD_JSON, load_build, write_record
 from appsdk.contract.esprecord import FirmwarePin
 from appsdk.contract.layout import kernel_cmdline, layout_for
-from appsdk.contract.record import ArtifactRecord, BuildRecord, RecordedBoard, UpdateRecord
+from appsdk.contract.record import (
+    ArtifactRecord,
+    BuildRecord,
+    RecordedBoard,
+    SecureBootRecord,
+    UpdateRecord,
+)
 from appsdk.contract.updatefiles import SUMS, update_names
 from appsdk.core.errors import ConfigError
 from appsdk.core.progress import NullReporter, Reporter, stage
@@ -21,7 +27,7 @@ from appsdk.core.runner import Runner
 from appsdk.core.version import __version__
 from appsdk.image import bmap
 from appsdk.pipeline import rpi_boot
-from appsdk.pipeline.inputs import resolve_inputs, signing_key
+from appsdk.pipeline.inputs import resolve_inputs, secure_boot_keys, signing_key
 from appsdk.pipeline.publish import (
     Artifact,
     claim_output,
@@ -31,9 +37,10 @@ from appsdk.pipeline.publish import (
 )
 from appsdk.pipeline.stages.customize import customize
 from appsdk.pipeline.stages.disk import build_disk, disk_seed
-from appsdk.pipeline.stages.esp import build_esp_tree, uki_name
+from appsdk.pipeline.stages.esp import EspSecureBoot, build_esp_tree, uki_name
 from appsdk.pipeline.stages.initrd import build_initrd
 from appsdk.pipeline.stages.rootfs import build_rootfs, device_tree_dir, recipe_for
+from appsdk.pipeline.stages.sign import sign_efi
 from appsdk.pipeline.stages.uki import build_uki
 from appsdk.pipeline.stages.update import build_update_files
 from appsdk.pipeline.stages.usrimage import build_usr_image, build_verity
@@ -67,21 +74,25 @@ def build(
     key_dir: Path | None = None,
     update_url: str | None = None,
     firmware: str | None = None,
+    secure_boot_keys: Path | None = None,
 ) -> BuildResult:
     """Build an appliance. `key_dir` is the update-signing key's GnuPG home (default:
     appliance.yaml update.key, else the per-user key directory); `update_url` overrides
     appliance.yaml update.url (e.g. a lab server); `firmware` picks one of the board's
-    firmware chains (default: appliance.yaml firmware, else the board's default)."""
+    firmware chains (default: appliance.yaml firmware, else the board's default);
+    `secure_boot_keys`: the Secure Boot key set when appliance.yaml enables secure_boot
+    (default: secure_boot.keys, else `secure-boot/` in the update key's directory)."""
     with contextlib.ExitStack() as claims:  # the output directory's lock, however it ends
         return _build(source, claims, board=board, version=version, output=output,
                       reporter=reporter, runner=runner, key_dir=key_dir,
-                      update_url=update_url, firmware=firmware)
+                      update_url=update_url, firmware=firmware,
+                      sb_keys=secure_boot_keys)
 
 
 def _build(source: Path, claims: contextlib.ExitStack, *, board: str | None,
            version: str | None, output: Path | None, reporter: Reporter | None,
            runner: Runner | None, key_dir: Path | None, update_url: str | None,
-           firmware: str | None) -> BuildResult:
+           firmware: str | None, sb_keys: Path | None) -> BuildResult:
     reporter = reporter or NullReporter()
     runner = runner or Runner()
     started = time.monotonic()
@@ -95,6 +106,7 @@ def _build(source: Path, claims: contextlib.ExitStack, *, board: str | None,
     staging = work / "out"
     layout = layout_for(app, brd)
     signing = signing_key(app, key_dir, url, runner)
+    sb = secure_boot_keys(app, key_dir, sb_keys)
 
     with stage(reporter, "tools", "build tools tree") as r:
         tools = ensure_tools(runner, reporter)
@@ -127,6 +139,19 @@ def _build(source: Path, claims: contextlib.ExitStack, *, board: str | None,
         uki = build_uki(brd, custom.tree, custom.kernel, custom.kernel_version, initrd.path,
                         cmdline, staging / uki_name(app.id, app.version), tools, runner)
         r["message"] = f"({uki.path.stat().st_size / 1e6:.1f} MB)"
+    esp_sb = None
+    if sb is not None and app.secure_boot is not None:
+        with stage(reporter, "sign", "Secure Boot signatures on systemd-boot and the UKI") as r:
+            signed = work / "signed"
+            signed.mkdir()
+            os.replace(sign_efi(uki.path, signed / uki.path.name, sb, epoch, tools, runner),
+                       uki.path)
+            sdboot = custom.tree / f"usr/lib/systemd/boot/efi/systemd-boot{brd.efi_arch}.efi"
+            esp_sb = EspSecureBoot(
+                boot_loader=sign_efi(sdboot, signed / sdboot.name, sb, epoch, tools, runner),
+                enrollment={role: sb.auth(role) for role in ("PK", "KEK", "db")},
+                enroll=app.secure_boot.enroll)
+            r["message"] = f"(db {sb.db_fingerprint()[:16]}, verified with sbverify)"
     pinned = rpi_boot.components(brd, chain)
     with stage(reporter, "esp", "systemd-boot, loader.conf, UKI"
                + (f", {chain} firmware" if pinned else "")) as r:
@@ -136,7 +161,7 @@ def _build(source: Path, claims: contextlib.ExitStack, *, board: str | None,
         additions = rpi_boot.esp_additions(
             brd, chain, unpacked, device_tree_dir(rootfs.tree, rootfs.kernel_version), manifests)
         esp = build_esp_tree(brd, custom.tree, uki.path, app.id, app.version,
-                             work / "esp", epoch, additions)
+                             work / "esp", epoch, additions, esp_sb)
         r["message"] = f"({len(esp.files)} files)"
     with stage(reporter, "disk", "GPT image by systemd-repart") as r:
         disk = build_disk(layout, esp.root, usr.path, verity.path, staging / f"{base}.img",
@@ -180,7 +205,9 @@ def _build(source: Path, claims: contextlib.ExitStack, *, board: str | None,
                   for name in pinned},
         verity_roothash=verity.roothash,
         update=UpdateRecord(url, signing.fingerprint if signing else None,
-                            app.update.automatic)), output)
+                            app.update.automatic),
+        secure_boot=SecureBootRecord(sb.db_fingerprint(), app.secure_boot.enroll)
+        if sb is not None and app.secure_boot is not None else None), output)
     shutil.rmtree(work, ignore_errors=True)
     return result
 

@@ -14,8 +14,9 @@ from appsdk.core.runner import Runner
 from appsdk.spec import fields
 from appsdk.spec.appliance import Appliance, load_appliance
 from appsdk.spec.boards import Board, load_board
-from appsdk.trust import keys
+from appsdk.trust import keys, secureboot
 from appsdk.trust.keys import SigningKey
+from appsdk.trust.secureboot import SecureBootKeys
 
 
 @dataclass(frozen=True)
@@ -61,3 +62,17 @@ def signing_key(app: Appliance, key_dir: Path | None, url: str | None,
     update URL and no key is an error; without a URL, sign if a key happens to exist."""
     home = keys.home_for(app, key_dir)  # never inside the overlay (it would be imaged)
     return keys.load(home, runner) if url or home.is_dir() else None
+
+
+def secure_boot_keys(app: Appliance, key_dir: Path | None,
+                     override: Path | None) -> SecureBootKeys | None:
+    """The Secure Boot key set if appliance.yaml enables secure_boot: `override`, else
+    secure_boot.keys, else `secure-boot/` in the update key's directory."""
+    if app.secure_boot is None:
+        return None
+    if override is not None:
+        directory = fields.key_dir(str(override), Option("secure_boot_keys"), base=Path.cwd(),
+                                   overlay=app.overlay)
+    else:
+        directory = app.secure_boot.keys or keys.home_for(app, key_dir) / secureboot.SUBDIR
+    return secureboot.load(directory)

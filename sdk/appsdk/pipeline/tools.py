@@ -17,13 +17,14 @@ TOOLS_MIRROR = os.environ.get("APPSDK_TOOLS_MIRROR", "http://deb.debian.org/debi
 TOOLS_PACKAGES = (
     "systemd-repart", "systemd-ukify", "python3-pefile", "erofs-utils", "squashfs-tools",
     "dosfstools", "mtools", "cryptsetup-bin", "xz-utils", "zstd", "fdisk", "e2fsprogs",
-    "gnupg", "gpgv", "sbsigntool",
+    "gnupg", "gpgv", "sbsigntool", "faketime",
 )
 # Binaries the pipeline calls inside the tree, and the package that provides each.
 TOOLS_USED = {
     "systemd-repart": "systemd-repart", "ukify": "systemd-ukify", "mkfs.erofs": "erofs-utils",
     "mkfs.vfat": "dosfstools", "mcopy": "mtools", "veritysetup": "cryptsetup-bin",
-    "xz": "xz-utils", "sfdisk": "fdisk", "gpg": "gnupg",
+    "xz": "xz-utils", "sfdisk": "fdisk", "gpg": "gnupg", "sbverify": "sbsigntool",
+    "faketime": "faketime",
 }
 # Documentation, man pages and translations are never needed in a tree we build.
 DPKG_EXCLUDES = (

@@ -26,7 +26,11 @@ SUITE_PATTERN = r"[a-z][a-z0-9-]*"
 TOP_FIELDS = {
     "schema", "id", "name", "version", "board", "base", "overlay", "kernel",
     "partitions", "console", "services", "health", "update", "boot", "firmware",
+    "secure_boot",
 }
+# loader.conf(5) secure-boot-enroll: what systemd-boot does with the ESP's key set on a
+# machine in setup mode (docs/secure-boot.md: if-safe enrolls in VMs only, force anywhere).
+ENROLL_MODES = ("if-safe", "manual", "force", "off")
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,14 @@ class Update:
 
 
 @dataclass(frozen=True)
+class SecureBoot:
+    """Sign every EFI binary with the appliance's db key and carry the key set for
+    enrollment."""
+    keys: Path | None = None  # key set directory (default: <update key dir>/secure-boot)
+    enroll: str = "if-safe"  # one of ENROLL_MODES
+
+
+@dataclass(frozen=True)
 class Appliance:
     id: str
     version: str
@@ -131,6 +143,7 @@ class Appliance:
     update: Update = field(default_factory=Update)
     boot: Boot = field(default_factory=Boot)
     firmware: str | None = None  # the board's firmware chain; None: the board's default
+    secure_boot: SecureBoot | None = None  # None: EFI binaries are not signed
     source: Path | None = None
 
     def with_version(self, version: str, flag: str = Option("version")) -> Appliance:
@@ -204,6 +217,7 @@ def load_appliance(path: Path) -> Appliance:
         health=_health(top),
         update=_update(top, overlay),
         boot=_boot(top),
+        secure_boot=_secure_boot(top, overlay),
         source=file.resolve(),
     )
 
@@ -310,6 +324,25 @@ def _boot(top: Reader) -> Boot:
                 # A bad update costs up to `tries` boots (each up to the deadline) before
                 # the fallback: more than a few only delays recovery.
                 tries=boot.integer("tries", Boot.tries, minimum=1, maximum=9))
+
+
+def _secure_boot(top: Reader, overlay: Path | None) -> SecureBoot | None:
+    raw = top.raw("secure_boot")
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return SecureBoot()
+    if not isinstance(raw, dict):
+        raise top.src.error(("secure_boot",), f"must be true, false or a mapping (keys, "
+                            f"enroll), got {raw!r}")
+    sb = top.sub("secure_boot", {"keys", "enroll"})
+    keys = None
+    if sb.has("keys"):
+        keys = sb.check("keys", lambda value, name: fields.key_dir(
+            value, name, base=top.src.path.parent, overlay=overlay))
+    return SecureBoot(keys=keys, enroll=sb.text(
+        "enroll", SecureBoot.enroll, pattern="|".join(ENROLL_MODES),
+        what="a systemd-boot enrollment mode (" + ", ".join(ENROLL_MODES) + ")"))
 
 
 def _update(top: Reader, overlay: Path | None) -> Update:

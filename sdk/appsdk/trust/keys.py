@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,9 @@ from appsdk.core.errors import (
 from appsdk.core.runner import Runner, require
 from appsdk.spec import fields
 from appsdk.spec.appliance import Appliance
+from appsdk.trust.keydir import prepare_dir, undo_dir
 
+SECURE_BOOT_SUBDIR = "secure-boot"  # trust.secureboot.SUBDIR; may exist before the gpg key
 PUBRING = "pubring-export.gpg"  # binary public key, a valid keyring for `gpg --keyring`
 
 
@@ -86,7 +86,8 @@ def generate(directory: Path, uid: str, runner: Runner) -> SigningKey:
         require("gpgconf")
     except ToolMissing as exc:
         raise ToolMissing(f"cannot create a key in {directory}: {exc}", hint=exc.hint) from None
-    created = _prepare_dir(directory)
+    created = prepare_dir(directory, markers=(PUBRING, "private-keys-v1.d"),
+                          what="a signing key", option=Option("keys"), allow=(SECURE_BOOT_SUBDIR,))
     try:
         try:
             runner.run(_gpg(directory, "--quick-gen-key", "--", uid, "ed25519", "sign",
@@ -97,67 +98,14 @@ def generate(directory: Path, uid: str, runner: Runner) -> SigningKey:
         finally:
             _stop_agent(directory, runner)
     except BaseException as exc:
-        _undo(directory, created)  # a half-made home would read as "a key already exists"
+        # A half-made home would read as "a key already exists".
+        undo_dir(directory, created, keep=(SECURE_BOOT_SUBDIR,))
         if isinstance(exc, CommandFailed):
             raise AppsdkError(f"gpg could not create a key in {directory}:\n{exc.stderr.strip()}",
                               hint="check that gpg works (gpg --version) and that the "
                               "directory is on a local, writable filesystem") from None
         raise
     return key
-
-
-def _refuse(directory: Path, why: str, hint: str = "choose a new key directory (appsdk "
-            "creates it with mode 0700)") -> ConfigError:
-    return ConfigError(why, file=str(directory), hint=hint, remedy=Option("keys"))
-
-
-def _prepare_dir(directory: Path) -> bool:
-    """Make the key directory (True), or check that an existing one is fit (False)."""
-    try:
-        st = os.stat(directory)  # through a link: what counts is the directory gpg uses
-    except FileNotFoundError:
-        try:
-            directory.parent.mkdir(parents=True, exist_ok=True)
-            os.mkdir(directory, 0o700)
-            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-            try:
-                os.fchmod(fd, 0o700)  # we made it: exactly 0700, whatever the umask
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise _refuse(directory, f"cannot create the key directory: {exc.strerror}",
-                          "choose a key directory in a place you can write to") from None
-        return True
-    except OSError as exc:
-        raise _refuse(directory, f"cannot use the key directory: {exc.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise _refuse(directory, "exists and is not a directory")
-    if (directory / PUBRING).exists() or (directory / "private-keys-v1.d").exists():
-        raise _refuse(directory, "a signing key already exists here; not overwriting",
-                      "use it, or choose another key directory")
-    if os.listdir(directory):
-        raise _refuse(directory, "is not empty: a new key needs a directory of its own")
-    if st.st_uid != os.geteuid():
-        raise _refuse(directory, "belongs to another user")
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        raise _refuse(directory, f"is open to other users (mode {stat.S_IMODE(st.st_mode):04o})"
-                      "; appsdk does not change a directory it did not create",
-                      "choose a new key directory (appsdk creates it with mode 0700), or "
-                      "run chmod 700 on this one yourself")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise _refuse(directory, "is not writable")
-    return False
-
-
-def _undo(directory: Path, created: bool) -> None:
-    if created:
-        shutil.rmtree(directory, ignore_errors=True)
-        return
-    for entry in directory.iterdir():  # it was empty: remove only what gpg made
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
 
 
 def load(directory: Path, runner: Runner | None = None,

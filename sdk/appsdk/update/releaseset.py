@@ -49,6 +49,7 @@ class Builds:
     arch: str
     entries: dict[str, Entry]  # file name -> what build.json says it is
     sources: dict[str, Path]  # file name -> the artifact in its build directory
+    secure_boot_db: str | None = None  # SHA-256 of the db certificate the UKIs are signed for
 
 
 # --- inputs: build.json and what OUT already publishes -------------------------------------
@@ -86,6 +87,7 @@ def _old_build(where: str, field: str) -> NoReturn:
 
 def read_builds(builds: list[Path], key: SigningKey) -> Builds:
     first: tuple[str, str, Path] | None = None
+    signed_for: str | None = None
     entries: dict[str, Entry] = {}
     sources: dict[str, Path] = {}
     for build in builds:
@@ -94,7 +96,9 @@ def read_builds(builds: list[Path], key: SigningKey) -> Builds:
         record = load_record(build)  # every field typed and checked (names are plain)
         app_id, version = record.id, record.version
         arch = record.board.arch or _old_build(where, "board.arch")
-        first = first or (app_id, arch, directory)
+        sb = record.secure_boot.db_cert_sha256 if record.secure_boot else None
+        if first is None:
+            first, signed_for = (app_id, arch, directory), sb
         if app_id != first[0]:
             raise ConfigError(f"builds of {first[0]} and {app_id} cannot share a release",
                               hint="one release directory per appliance")
@@ -102,6 +106,13 @@ def read_builds(builds: list[Path], key: SigningKey) -> Builds:
             raise ConfigError(f"builds for {first[1]} ({first[2]}) and {arch} ({directory}) "
                               "cannot share a release (their update files have the same "
                               "names)", hint=_ARCH_HINT)
+        if sb != signed_for:
+            # A device whose firmware enforces one db refuses a UKI signed for another (or
+            # not signed): it would use up its tries at the firmware, not in Linux.
+            raise ConfigError(f"{first[2]} and {directory} are signed for different Secure "
+                              f"Boot keys ({_db(signed_for)} and {_db(sb)})",
+                              hint="build every version of a release with the same "
+                              "secure_boot key set")
         signer = record.update.signed_by
         if signer and signer != key.fingerprint:
             raise ConfigError(f"{directory} was built for key {signer}, not {key.fingerprint}",
@@ -120,7 +131,11 @@ def read_builds(builds: list[Path], key: SigningKey) -> Builds:
                                   "version")
             entries[name], sources[name] = entry, directory / name
     assert first is not None  # release() refuses an empty list
-    return Builds(first[0], first[1], entries, sources)
+    return Builds(first[0], first[1], entries, sources, signed_for)
+
+
+def _db(sha256: str | None) -> str:
+    return f"db {sha256[:16]}" if sha256 else "none: not signed"
 
 
 def resolve_target(out: Path) -> Path:
@@ -158,13 +173,18 @@ def read_published(out: Path, new: Builds, key: SigningKey, runner: Runner) -> d
                           hint="release every version you still want into a fresh directory "
                           "and point the server there; appsdk signs only files whose "
                           "build.json it has read")
-    app_id, arch, files = load_manifest(out / MANIFEST)
+    app_id, arch, files, signed_for = load_manifest(out / MANIFEST)
     if app_id != new.app_id:
         raise ConfigError(f"publishes {app_id!r}, not {new.app_id!r}", file=str(out),
                           hint="one release directory per appliance")
     if arch != new.arch:
         raise ConfigError(f"publishes the {arch} release; these builds are for {new.arch}",
                           file=str(out), hint=_ARCH_HINT)
+    if signed_for != new.secure_boot_db:
+        raise ConfigError(f"publishes UKIs signed for Secure Boot {_db(signed_for)}; these "
+                          f"builds are signed for {_db(new.secure_boot_db)}", file=str(out),
+                          hint="devices enrolled with one db key refuse the other's UKIs: "
+                          "build with the published key set, or release into a new directory")
     strays = [name for name in present if name not in {*files, MANIFEST, SUMS, SIGNATURE}]
     if strays:
         raise ConfigError(f"holds files no release vouches for: {listing(strays)}",
@@ -179,7 +199,8 @@ def listing(names: list[str]) -> str:
     return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
 
 
-def load_manifest(path: Path) -> tuple[str, str, dict[str, Entry]]:
+def load_manifest(path: Path) -> tuple[str, str, dict[str, Entry], str | None]:
+    """(id, arch, files, Secure Boot db certificate SHA-256 or None) of a manifest."""
     where = str(path)
     try:
         data = json.loads(path.read_bytes())
@@ -198,7 +219,11 @@ def load_manifest(path: Path) -> tuple[str, str, dict[str, Entry]]:
             key = ("files", name)
             kind = _text(data, where, *key, "kind")
             files[name] = _entry(data, where, key, _text(data, where, *key, "version"), kind)
-        return _text(data, where, "id"), _text(data, where, "arch"), files
+        signed_for = data.get("secure_boot_db")
+        if signed_for is not None and not (isinstance(signed_for, str)
+                                           and _SHA256.fullmatch(signed_for)):
+            raise ConfigError("not a sha256", file=where, field="secure_boot_db")
+        return _text(data, where, "id"), _text(data, where, "arch"), files, signed_for
     except ConfigError as exc:  # whatever the field, the directory was edited
         raise ConfigError(exc.message, hint=EDITED) from None
 
@@ -238,5 +263,6 @@ def merge(previous: dict[str, Entry], new: Builds) -> dict[str, Entry]:
 
 def format_manifest(new: Builds, files: dict[str, Entry]) -> str:
     data = {"format": _FORMAT, "appsdk": __version__, "id": new.app_id, "arch": new.arch,
+            "secure_boot_db": new.secure_boot_db,
             "files": {name: asdict(entry) for name, entry in sorted(files.items())}}
     return json.dumps(data, indent=2, sort_keys=True) + "\n"

@@ -26,24 +26,38 @@ class EspTree:
     files: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class EspSecureBoot:
+    boot_loader: Path  # systemd-boot, signed with the db key
+    enrollment: Mapping[str, Path]  # PK, KEK, db -> their .auth payloads
+    enroll: str  # loader.conf secure-boot-enroll
+
+
 def uki_name(app_id: str, version: str) -> str:
     return f"{app_id}_{version}.efi"
 
 
 def build_esp_tree(board: Board, tree: Path, uki: Path, app_id: str, version: str,
                    root: Path, epoch: int,
-                   additions: Mapping[str, Path | str] | None = None) -> EspTree:
+                   additions: Mapping[str, Path | str] | None = None,
+                   secure_boot: EspSecureBoot | None = None) -> EspTree:
     """`additions`: ESP path -> host file or text, e.g. a Raspberry Pi firmware chain's
-    files and config.txt (rpi_boot.esp_additions)."""
+    files and config.txt (rpi_boot.esp_additions). `secure_boot`: the signed systemd-boot
+    and the key set systemd-boot enrolls (the UKI given is then the signed one)."""
     if root.exists():
         shutil.rmtree(root)
     arch = board.efi_arch
-    sdboot = tree / f"usr/lib/systemd/boot/efi/systemd-boot{arch}.efi"
+    sdboot = (secure_boot.boot_loader if secure_boot
+              else tree / f"usr/lib/systemd/boot/efi/systemd-boot{arch}.efi")
     files = {
         f"EFI/BOOT/BOOT{arch.upper()}.EFI": sdboot,
         f"EFI/systemd/systemd-boot{arch}.efi": sdboot,
         f"EFI/Linux/{uki_name(app_id, version)}": uki,
     }
+    if secure_boot:
+        # systemd-boot enrolls automatically only from the directory named "auto".
+        files.update({f"loader/keys/auto/{role}.auth": path
+                      for role, path in secure_boot.enrollment.items()})
     for rel, src in {**(additions or {}), **files}.items():
         dest = root / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +66,8 @@ def build_esp_tree(board: Board, tree: Path, uki: Path, app_id: str, version: st
         else:
             shutil.copyfile(src, dest)
     (root / "loader").mkdir(parents=True, exist_ok=True)
-    (root / "loader/loader.conf").write_text(LOADER_CONF)
+    (root / "loader/loader.conf").write_text(
+        LOADER_CONF + (f"secure-boot-enroll {secure_boot.enroll}\n" if secure_boot else ""))
     # FAT stores timestamps: pin them so the ESP is byte-for-byte reproducible.
     for path in [root, *root.rglob("*")]:
         os.utime(path, (epoch, epoch))

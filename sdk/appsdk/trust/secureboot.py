@@ -1,0 +1,196 @@
+"""An appliance's UEFI Secure Boot key set: PK, KEK and db (X.509 certificate + private key
+each) and the signed enrollment payloads PK.auth, KEK.auth, db.auth that systemd-boot
+writes into a machine in setup mode. The db key signs every EFI binary the device runs;
+PK and KEK only ever sign variable updates, so they can live offline after this.
+
+Layout of a key set directory (mode 0700, private keys 0600):
+    PK.key PK.crt KEK.key KEK.crt db.key db.crt   PEM
+    PK.auth KEK.auth db.auth                      EFI_VARIABLE_AUTHENTICATION_2 + ESL
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from appsdk.core.errors import AppsdkError, CommandFailed, ConfigError, Option, ToolMissing
+from appsdk.core.runner import Runner
+from appsdk.trust import efivar
+from appsdk.trust.keydir import prepare_dir, undo_dir
+
+ROLES = ("PK", "KEK", "db")
+SUBDIR = "secure-boot"  # the key set's place in an appliance's key directory
+RSA_BITS = 2048  # what every UEFI implementation must verify (UEFI 2.10, 32.2.6)
+VALID_DAYS = 30 * 365  # firmware does not check expiry; a device outlives most certificates
+# The owner GUID in our signature lists: derived from the appliance id, so a key set made
+# twice for one appliance names the same owner.
+OWNER_NAMESPACE = uuid.UUID("6b3e0f52-5f0e-4c5e-9a59-6170707364bb")
+
+
+@dataclass(frozen=True)
+class SecureBootKeys:
+    directory: Path
+
+    def cert(self, role: str) -> Path:
+        return self.directory / f"{role}.crt"
+
+    def key(self, role: str) -> Path:
+        return self.directory / f"{role}.key"
+
+    def auth(self, role: str) -> Path:
+        return self.directory / f"{role}.auth"
+
+    @property
+    def db_cert(self) -> Path:
+        return self.cert("db")
+
+    @property
+    def db_key(self) -> Path:
+        return self.key("db")
+
+    def db_fingerprint(self) -> str:
+        """SHA-256 of the db certificate (DER): what a build records as its signer."""
+        return hashlib.sha256(_pem_to_der(self.db_cert.read_text())).hexdigest()
+
+
+def _pem_to_der(pem: str) -> bytes:
+    import base64
+
+    match = re.search(r"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", pem, re.S)
+    if not match:
+        raise ValueError("no PEM certificate")
+    return base64.b64decode("".join(match.group(1).split()), validate=True)
+
+
+def _subject(name: str, role: str) -> str:
+    # -subj has its own escapes (/ = + ,); a display name needs none of them.
+    safe = re.sub(r"[^A-Za-z0-9 ._-]", "_", name).strip() or "appliance"
+    return f"/CN={safe[:40]} Secure Boot {role}"
+
+
+def _openssl(runner: Runner) -> str:
+    try:
+        return runner.which("openssl")
+    except ToolMissing as exc:
+        raise ToolMissing(f"cannot make Secure Boot keys: {exc}",
+                          hint="apt-get install openssl") from None
+
+
+def generate(directory: Path, name: str, app_id: str, runner: Runner, *,
+             db_key: Path | None = None, db_cert: Path | None = None,
+             when: dt.datetime | None = None) -> SecureBootKeys:
+    """A new key set in `directory` (made here, or an empty private one). `db_key` and
+    `db_cert`: a db key the product team already has (both or neither); PK and KEK are made
+    around it. `when`: the enrollment payloads' timestamp (default: now, or
+    SOURCE_DATE_EPOCH)."""
+    if (db_key is None) != (db_cert is None):
+        raise ConfigError("a db key needs its certificate, and a certificate its key",
+                          field=Option("db_key" if db_key is None else "db_cert"),
+                          hint="give both, or neither to have appsdk make a db key")
+    openssl = _openssl(runner)
+    created = prepare_dir(directory, markers=("PK.key", "db.crt"), what="a Secure Boot key set",
+                          option=Option("keys"))
+    keyset = SecureBootKeys(directory)
+    try:
+        for role in ROLES:
+            if role == "db" and db_key is not None and db_cert is not None:
+                _import_db(keyset, db_key, db_cert, openssl, runner)
+                continue
+            runner.run([openssl, "req", "-new", "-x509", "-newkey", f"rsa:{RSA_BITS}",
+                        "-nodes", "-sha256", "-days", str(VALID_DAYS),
+                        "-subj", _subject(name, role),
+                        "-keyout", str(keyset.key(role)), "-out", str(keyset.cert(role))])
+            os.chmod(keyset.key(role), 0o600)
+        write_enrollment(keyset, app_id, runner, when)
+    except BaseException as exc:
+        undo_dir(directory, created)
+        if isinstance(exc, CommandFailed):
+            raise AppsdkError(f"openssl could not make the Secure Boot key set in {directory}:"
+                              f"\n{exc.stderr.strip()}",
+                              hint="check that openssl works (openssl version)") from None
+        raise
+    return keyset
+
+
+def _import_db(keyset: SecureBootKeys, key: Path, cert: Path, openssl: str,
+               runner: Runner) -> None:
+    """Copy a given db key and certificate in, after checking they belong together."""
+    for path, flag in ((key, "db_key"), (cert, "db_cert")):
+        if not path.is_file():
+            raise ConfigError("no such file", file=str(path), field=Option(flag))
+    try:
+        cert_pub = runner.run([openssl, "x509", "-noout", "-pubkey", "-in", str(cert)]).stdout
+        key_pub = runner.run([openssl, "pkey", "-pubout", "-in", str(key)]).stdout
+    except CommandFailed as exc:
+        raise ConfigError(f"not a PEM key or certificate openssl can read:\n{exc.stderr.strip()}",
+                          file=str(cert), field=Option("db_cert"),
+                          hint="give the db certificate and its private key in PEM") from None
+    if cert_pub.strip() != key_pub.strip():
+        raise ConfigError("the certificate is not for this key", file=str(cert),
+                          field=Option("db_cert"), hint="give the certificate of --db-key")
+    shutil.copyfile(cert, keyset.db_cert)
+    fd = os.open(keyset.db_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(key.read_bytes())
+
+
+def write_enrollment(keyset: SecureBootKeys, app_id: str, runner: Runner,
+                     when: dt.datetime | None = None) -> None:
+    """PK.auth (signed by PK itself), KEK.auth (by PK) and db.auth (by KEK)."""
+    openssl = _openssl(runner)
+    if when is None:
+        epoch = os.environ.get("SOURCE_DATE_EPOCH")
+        when = (dt.datetime.fromtimestamp(int(epoch), dt.UTC) if epoch
+                else dt.datetime.now(dt.UTC).replace(microsecond=0))
+    stamp = efivar.efi_time(when)
+    owner = uuid.uuid5(OWNER_NAMESPACE, app_id)
+    with tempfile.TemporaryDirectory(prefix="appsdk-sb-") as tmp:
+        for role in ROLES:
+            der = _pem_to_der(keyset.cert(role).read_text())
+            data = efivar.signature_list(der, owner)
+            payload = Path(tmp) / f"{role}.payload"
+            payload.write_bytes(efivar.signed_payload(efivar.Variable(role), stamp, data))
+            signer = efivar.SIGNED_BY[role]
+            signature = Path(tmp) / f"{role}.p7"
+            runner.run([openssl, "cms", "-sign", "-binary", "-noattr", "-md", "sha256",
+                        "-signer", str(keyset.cert(signer)), "-inkey", str(keyset.key(signer)),
+                        "-outform", "DER", "-in", str(payload), "-out", str(signature)])
+            signed = efivar.unwrap_content_info(signature.read_bytes())
+            keyset.auth(role).write_bytes(efivar.authenticated(stamp, signed, data))
+
+
+def load(directory: Path) -> SecureBootKeys:
+    """The key set in `directory`, with what a build needs of it: the db key and
+    certificate, and the three enrollment payloads."""
+    keyset = SecureBootKeys(directory)
+    if not directory.is_dir():
+        raise ConfigError("no Secure Boot key set", file=str(directory),
+                          hint="create one with `appsdk keys secure-boot`",
+                          remedy=Option("secure_boot_keys"))
+    missing = [p.name for p in (keyset.db_key, keyset.db_cert,
+                                *(keyset.auth(r) for r in ROLES)) if not p.is_file()]
+    if missing:
+        raise ConfigError(f"Secure Boot key set incomplete: no {', '.join(missing)}",
+                          file=str(directory), hint="make the key set again with "
+                          "`appsdk keys secure-boot` (into a new directory)")
+    try:
+        keyset.db_fingerprint()
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError("is not a PEM certificate", file=str(keyset.db_cert)) from None
+    for role in ROLES:
+        try:
+            _, _, data = efivar.parse_authenticated(keyset.auth(role).read_bytes())
+            efivar.parse_signature_lists(data)
+        except ValueError as exc:
+            raise ConfigError(f"is not an enrollment payload: {exc}",
+                              file=str(keyset.auth(role)),
+                              hint="make the key set again with `appsdk keys secure-boot`") \
+                from None
+    return keyset

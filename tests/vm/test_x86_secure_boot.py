@@ -1,0 +1,175 @@
+"""Secure Boot, proven in QEMU with OVMF's Secure Boot build (q35-ovmf-sb): an image built
+with secure_boot enrolls its own key set on a machine in setup mode and from then on boots
+with Secure Boot enforced; a UKI with one byte changed, and a UKI signed by another key,
+placed on the ESP as the newest entry are refused by the firmware, and the machine boots
+its signed version in the same power-on. Everything asserted is what the device and its
+firmware print on the console.
+
+One build and one disk for all of it: the boots follow each other as on a device."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from vmlib import REPO, PreBoot, disk_copy, ovmf_vars, vm_boot
+
+import appsdk
+from appsdk.core.runner import Runner
+from appsdk.pipeline.stages.sign import sign_efi
+from appsdk.pipeline.tools import cached_tools
+from appsdk.trust import keys, secureboot
+
+GiB = 1024**3
+SB = "q35-ovmf-sb"
+V1_UP = r"appsdk: IMAGE_ID=hello IMAGE_VERSION=1\.0 booted"
+ENROLLED = "Custom Secure Boot keys successfully enrolled, rebooting the system now!"
+EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
+
+
+def efivar(shell: Any, name: str) -> str:
+    # efivarfs files cannot seek: read through a pipe; 4 attribute bytes, then the value.
+    return str(shell.output(f"cat /sys/firmware/efi/efivars/{name}-{EFI_GLOBAL} | od -An -tx1"))
+
+
+def esp_put(disk: Path, source: Path, name: str) -> None:
+    """Write a file into the ESP's EFI/Linux of a disk that is not running (mtools)."""
+    esp = PreBoot(disk, None)  # only for the ESP's offset
+    esp.discard()
+    subprocess.run(["mcopy", "-o", "-i", f"{disk}@@{esp.offset}", str(source),
+                    f"::EFI/Linux/{name}"], check=True)
+
+
+def refused_then_v1(disk: Path, vars_fd: Path, logs: Path, name: str, entry: str,
+                    state: bool = False) -> dict[str, Any]:
+    """Boot with `entry` the newest UKI on the ESP: what the firmware and the device say
+    (`state`: and the device's Secure Boot state in detail)."""
+    facts: dict[str, Any] = {}
+    with vm_boot(disk, vars_fd, logs, name, emulator=SB) as vm:
+        # systemd-boot has counted the try (+1 -> +0-1) before the firmware refuses it.
+        counted = entry.replace("+1.efi", "+0-1.efi")
+        pattern = r"Error loading \\EFI\\Linux\\" + re.escape(counted) + r": ([^\r\n\x1b]+)"
+        facts["refusal"] = vm.shell.expect(pattern, 300).group(1).strip()
+        vm.shell.expect(V1_UP, 600)
+        vm.shell.login()
+        # Once the boot is confirmed, systemd-bless-boot has had its say about the entry.
+        vm.shell.run("timeout 180 bash -c 'until systemctl -q is-active boot-complete.target;"
+                     " do sleep 1; done'", timeout=200)
+        facts["bless"] = vm.shell.output("journalctl -b -u systemd-bless-boot.service -o cat "
+                                         "--no-pager | tail -5")
+        facts["esp"] = sorted(vm.shell.output("ls /efi/EFI/Linux").split())
+        facts["secureboot"] = efivar(vm.shell, "SecureBoot")
+        if state:
+            facts["setupmode"] = efivar(vm.shell, "SetupMode")
+            facts["bootctl"] = vm.shell.output("bootctl status --no-pager 2>/dev/null | "
+                                               "grep -i 'secure boot'")
+            facts["lockdown"] = vm.shell.output("cat /sys/kernel/security/lockdown")
+            facts["cmdline"] = vm.shell.output("cat /proc/cmdline")
+            facts["esp_keys"] = vm.shell.output("ls /efi/loader/keys/auto")
+        vm.shell.send("systemctl poweroff")
+        vm.wait_exit(120)
+        facts["console"] = vm.console_log.read_text(errors="replace")
+    return facts
+
+
+@pytest.fixture(scope="module")
+def secure(root_required: None, signing_key: keys.SigningKey, update_port: int,
+           tmp_path_factory: pytest.TempPathFactory, vm_logs: Path) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("secure-boot")
+    keyset = secureboot.generate(tmp / "keys" / "secure-boot", "Hello appliance", "hello",
+                                 Runner())
+    app = tmp / "hello"
+    shutil.copytree(REPO / "examples/hello", app, ignore=shutil.ignore_patterns("build"))
+    config = app / "appliance.yaml"
+    config.write_text(config.read_text() + f"secure_boot:\n  keys: {keyset.directory}\n")
+    built = appsdk.build(app, board="x86-uefi", version="1.0", output=tmp / "build",
+                         key_dir=signing_key.home,
+                         update_url=f"http://10.0.2.2:{update_port}/")
+    uki = built.artifacts["uki"].path
+
+    # The two UKIs the firmware must refuse: one byte of the signed UKI changed (in the
+    # middle: the kernel), and the same UKI with its signature replaced by another key's.
+    tampered = tmp / "tampered.efi"
+    data = bytearray(uki.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    tampered.write_bytes(bytes(data))
+    tools = cached_tools()
+    assert tools is not None  # the build made it
+    stripped = tmp / "stripped" / "unsigned.efi"
+    stripped.parent.mkdir()
+    shutil.copyfile(uki, stripped)
+    tools.sandbox(binds=(stripped.parent,)).run(Runner(), ["sbattach", "--remove",
+                                                           str(stripped)])
+    rogue = secureboot.generate(tmp / "rogue", "Rogue", "rogue", Runner())
+    foreign = sign_efi(stripped, tmp / "foreign.efi", rogue, 0, tools, Runner())
+
+    disk = disk_copy(built.image, tmp / "disk.img", 6 * GiB)
+    vars_fd = ovmf_vars(tmp)  # OVMF's empty variable store: setup mode, no keys
+    facts: dict[str, Any] = {"db_subject": "Hello appliance Secure Boot db"}
+
+    # First power-on: systemd-boot finds the machine in setup mode and enrolls the ESP's
+    # key set, then resets the machine (-no-reboot: QEMU exits).
+    with vm_boot(disk, vars_fd, vm_logs, "sb-enroll", emulator=SB,
+                 retry_early_panic=False) as vm:
+        vm.shell.expect(ENROLLED, 180)
+        facts["enroll_exit"] = vm.wait_exit(60)
+        facts["enroll_console"] = vm.console_log.read_text(errors="replace")
+
+    # From then on Secure Boot is enforced. The attacker's copies go on the ESP, each as
+    # the newest entry with one boot try (as an update would install it): refused by the
+    # firmware, then v1 boots in the same power-on. (The boot with the tampered UKI is also
+    # the one whose Secure Boot state is read: one boot fewer.)
+    esp_put(disk, tampered, "hello_9.0+1.efi")
+    facts["tampered"] = refused_then_v1(disk, vars_fd, vm_logs, "sb-tampered",
+                                        "hello_9.0+1.efi", state=True)
+    esp_put(disk, foreign, "hello_9.1+1.efi")
+    facts["foreign"] = refused_then_v1(disk, vars_fd, vm_logs, "sb-foreign", "hello_9.1+1.efi")
+    return facts
+
+
+def test_the_first_boot_in_setup_mode_enrolls_the_key_set_and_resets(
+        secure: dict[str, Any]) -> None:
+    console = secure["enroll_console"]
+    assert r"Enrolling secure boot keys from directory: \loader\keys\auto" in console
+    assert ENROLLED in console
+    assert "Linux version" not in console  # nothing booted before the keys were in
+
+
+def test_then_it_boots_with_secure_boot_enforced(secure: dict[str, Any]) -> None:
+    state = secure["tampered"]  # read on v1, booted after the refusal
+    # 4 attribute bytes, then the value: SecureBoot 1, SetupMode 0 (user mode).
+    assert state["secureboot"].split()[-1] == "01", state["secureboot"]
+    assert state["setupmode"].split()[-1] == "00", state["setupmode"]
+    assert "enabled (user)" in state["bootctl"], state["bootctl"]
+    console = state["console"]
+    assert "EFI stub: UEFI Secure Boot is enabled." in console
+    assert "secureboot: Secure boot enabled" in console
+    # The kernel put the enrolled db certificate in its platform keyring.
+    assert f"Loaded X.509 cert '{secure['db_subject']}" in console
+    assert "[integrity]" in state["lockdown"] or "[confidentiality]" in state["lockdown"]
+    assert "systemd.import_credentials=no" in state["cmdline"]
+    assert sorted(state["esp_keys"].split()) == ["KEK.auth", "PK.auth", "db.auth"]
+
+
+@pytest.mark.parametrize("case", ["tampered", "foreign"])
+def test_a_refused_uki_falls_back_to_the_signed_one(secure: dict[str, Any], case: str) -> None:
+    facts = secure[case]
+    entry = "hello_9.0" if case == "tampered" else "hello_9.1"
+    # OVMF says why ("Access denied": the image's hash or signer is not in db).
+    assert facts["refusal"].lower() in ("access denied", "security violation"), facts
+    console = facts["console"]
+    # The refusal comes before any kernel, and the kernel that runs is v1's, under SB.
+    assert console.index("Error loading") < console.index("Linux version")
+    assert "systemd.verity_usr_data=/dev/disk/by-partlabel/usr_1.0" in console
+    assert facts["secureboot"].split()[-1] == "01"
+    # The refused entry used its one try and now sorts after v1: no brick, no loop. Its
+    # stale LoaderBootCountPath is not blessed (that would drop its counter, and systemd-boot
+    # would try it first on every later boot, ending at the firmware's menu each time).
+    assert f"appsdk: not blessing {entry}+0-1.efi" in facts["bless"], facts["bless"]
+    assert f"{entry}+0-1.efi" in facts["esp"], facts["esp"]
+    assert f"{entry}.efi" not in facts["esp"], facts["esp"]
+    assert "hello_1.0.efi" in facts["esp"]
