@@ -61,3 +61,54 @@ def test_any_bytes_are_read_or_refused(tmp_path_factory: pytest.TempPathFactory,
     for name in (".cmdline", ".osrel"):
         with contextlib.suppress(VerifyFailed):
             pe.read_text(path, name)
+
+
+def signed_pe(path: Path, entries: list[tuple[int, bytes]], dirs: int = 16) -> Path:
+    """tiny_pe with a PE32+ optional header whose security directory points at a table of
+    WIN_CERTIFICATE entries (type, data), appended at the end as signing tools do."""
+    tiny_pe(path, {".text": b"code"})
+    blob = bytearray(path.read_bytes())
+    optional = 0x80 + 24
+    struct.pack_into("<H", blob, 0x80 + 20, 112 + 8 * dirs)  # SizeOfOptionalHeader
+    # Moving the section table is not needed for signatures(): sections() reads it after
+    # the optional header, so keep it there by re-writing the one section.
+    table = bytearray()
+    for kind, data in entries:
+        entry = struct.pack("<IHH", 8 + len(data), 0x0200, kind) + data
+        table += entry.ljust((len(entry) + 7) // 8 * 8, b"\0")
+    offset = len(blob)
+    header = bytearray(112 + 8 * dirs)
+    struct.pack_into("<H", header, 0, 0x20B)
+    struct.pack_into("<I", header, 108, dirs)
+    if dirs > 4:
+        struct.pack_into("<II", header, 112 + 8 * 4, offset, len(table))
+    section = bytes(blob[optional:optional + 40])
+    blob[optional:optional + len(header)] = header
+    blob[optional + len(header):optional + len(header) + 40] = section
+    path.write_bytes(bytes(blob) + bytes(table))
+    return path
+
+
+def test_signatures_are_read_from_the_security_directory(tmp_path: Path) -> None:
+    two = signed_pe(tmp_path / "two.efi", [(2, b"\x30first"), (1, b"x509"), (2, b"\x30two")])
+    assert pe.signatures(two) == [b"\x30first", b"\x30two"]
+    assert pe.signatures(signed_pe(tmp_path / "none.efi", [])) == []
+    assert pe.signatures(signed_pe(tmp_path / "old.efi", [(2, b"\x30")], dirs=4)) == []
+    bad = signed_pe(tmp_path / "bad.efi", [(2, b"\x30" * 20)])
+    data = bytearray(bad.read_bytes())
+    struct.pack_into("<I", data, len(data) - 32, 4096)  # an entry longer than its table
+    bad.write_bytes(bytes(data))
+    with pytest.raises(VerifyFailed, match="does not fit"):
+        pe.signatures(bad)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64), st.integers(0, 700), st.binary(min_size=1, max_size=8))
+def test_any_signature_table_is_read_or_refused(tmp_path_factory: pytest.TempPathFactory,
+                                                data: bytes, at: int, patch: bytes) -> None:
+    path = signed_pe(tmp_path_factory.mktemp("sig") / "x.efi", [(2, b"\x30" + data)])
+    blob = bytearray(path.read_bytes())
+    blob[at:at + len(patch)] = patch
+    path.write_bytes(bytes(blob))
+    with contextlib.suppress(VerifyFailed):
+        assert isinstance(pe.signatures(path), list)

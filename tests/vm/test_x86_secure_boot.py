@@ -20,6 +20,7 @@ from vmlib import REPO, PreBoot, disk_copy, ovmf_vars, vm_boot
 
 import appsdk
 from appsdk.core.runner import Runner
+from appsdk.image.inspect import inspect, signers
 from appsdk.pipeline.stages.sign import sign_efi
 from appsdk.pipeline.tools import cached_tools
 from appsdk.trust import keys, secureboot
@@ -107,9 +108,12 @@ def secure(root_required: None, signing_key: keys.SigningKey, update_port: int,
     rogue = secureboot.generate(tmp / "rogue", "Rogue", "rogue", Runner())
     foreign = sign_efi(stripped, tmp / "foreign.efi", rogue, 0, tools, Runner())
 
+    facts: dict[str, Any] = {"db_subject": "Hello appliance Secure Boot db"}
+    # What `appsdk inspect` reads off the image and the attacker's copy (no boot needed).
+    facts["inspect"] = inspect(built.output)["secure_boot"]
+    facts["foreign_signers"] = signers(foreign, Runner())
     disk = disk_copy(built.image, tmp / "disk.img", 6 * GiB)
     vars_fd = ovmf_vars(tmp)  # OVMF's empty variable store: setup mode, no keys
-    facts: dict[str, Any] = {"db_subject": "Hello appliance Secure Boot db"}
 
     # First power-on: systemd-boot finds the machine in setup mode and enrolls the ESP's
     # key set, then resets the machine (-no-reboot: QEMU exits).
@@ -173,3 +177,12 @@ def test_a_refused_uki_falls_back_to_the_signed_one(secure: dict[str, Any], case
     assert f"{entry}+0-1.efi" in facts["esp"], facts["esp"]
     assert f"{entry}.efi" not in facts["esp"], facts["esp"]
     assert "hello_1.0.efi" in facts["esp"]
+
+
+def test_inspect_names_the_signer_of_every_efi_binary(secure: dict[str, Any]) -> None:
+    db = f"CN = {secure['db_subject']}"
+    assert secure["inspect"]["signed"] == {
+        "EFI/BOOT/BOOTX64.EFI": [db], "EFI/systemd/systemd-bootx64.efi": [db],
+        "EFI/Linux/hello_1.0.efi": [db]}
+    assert secure["inspect"]["enroll_keys"] == ["auto"]
+    assert secure["foreign_signers"] == ["CN = Rogue Secure Boot db"]

@@ -48,6 +48,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"  {f['path']:<40} {f['size']:>10}  {f['sha256'][:16]}...")
     print(f"cmdline:   {info['cmdline']}")
     print(f"systemd-boot: {info['systemd_boot'] or '-'}")
+    sb = info["secure_boot"] or {}
+    for path, by in (sb.get("signed") or {}).items():
+        print(f"signed:    {path}: {'; '.join(by) if by else 'not signed'}")
+    if sb.get("enroll_keys"):
+        print(f"enrolls:   Secure Boot key set(s) {', '.join(sb['enroll_keys'])} (loader/keys)")
     for name, fw in info["firmware"].items():
         print(f"firmware:  {name} {fw['version']} (sha256 {fw['sha256'][:16]}...)")
     return EXIT_OK

@@ -34,6 +34,37 @@ def _osrel(text: str) -> dict[str, str]:
     return out
 
 
+def signers(binary: Path, runner: Runner) -> list[str]:
+    """The subjects of the certificates in each Authenticode signature of `binary`, as
+    openssl prints them ("CN = ..."); [] if it is unsigned."""
+    from appsdk.image import pe
+
+    names = []
+    for der in pe.signatures(binary):
+        with tempfile.NamedTemporaryFile(suffix=".p7") as sig:
+            sig.write(der)
+            sig.flush()
+            done = runner.run([runner.which("openssl"), "pkcs7", "-inform", "DER", "-in",
+                               sig.name, "-print_certs", "-noout"], check=False)
+        subjects = [line.split("=", 1)[1].strip() for line in done.stdout.splitlines()
+                    if line.startswith("subject=")]
+        names.append(", ".join(subjects) if done.returncode == 0 and subjects
+                     else "(unreadable signature)")
+    return names
+
+
+def secure_boot_info(esp: Path, runner: Runner) -> dict[str, Any]:
+    """Who signed each EFI binary on the ESP (read from the binaries: a signature by the
+    wrong key shows here), and which enrollment key sets it carries."""
+    binaries = sorted(p for p in esp.rglob("*") if p.is_file() and p.suffix.lower() == ".efi")
+    keys = esp / "loader/keys"
+    return {
+        "signed": {p.relative_to(esp).as_posix(): signers(p, runner) for p in binaries},
+        "enroll_keys": sorted(d.name for d in keys.iterdir() if d.is_dir())
+        if keys.is_dir() else [],
+    }
+
+
 def inspect(target: Path, runner: Runner | None = None) -> dict[str, Any]:
     from appsdk.contract.buildinfo import locate_build
     from appsdk.image import pe
@@ -49,7 +80,7 @@ def inspect(target: Path, runner: Runner | None = None) -> dict[str, Any]:
         "board": record.board.name if record else None,
         "firmware_chain": record.board.firmware_chain if record else None,
         **gpt, "esp_files": [], "firmware": {}, "id": None, "version": None,
-        "cmdline": None, "systemd_boot": None,
+        "cmdline": None, "systemd_boot": None, "secure_boot": None,
     }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "esp"
@@ -71,6 +102,7 @@ def inspect(target: Path, runner: Runner | None = None) -> dict[str, Any]:
                 if (root / "EFI/systemd").is_dir() else []:
             magic = pe.read_text(boot, ".sdmagic")
             info["systemd_boot"] = magic.replace("#### LoaderInfo:", "").strip(" #")
+        info["secure_boot"] = secure_boot_info(root, runner)
         record_file = root / FIRMWARE_RECORD
         if record_file.is_file():
             # The image's bytes, any. A bare image (no build.json) still names its board

@@ -62,3 +62,47 @@ def read_text(path: Path, name: str) -> str:
         return data.decode()
     except UnicodeDecodeError as exc:
         raise VerifyFailed(f"{path}: section {name} is not UTF-8 text (byte {exc.start})") from None
+
+
+WIN_CERT_TYPE_PKCS_SIGNED_DATA = 0x0002
+SECURITY_DIRECTORY = 4  # IMAGE_DIRECTORY_ENTRY_SECURITY: Authenticode signatures
+
+
+def signatures(path: Path) -> list[bytes]:
+    """The Authenticode signatures (DER PKCS#7 SignedData) in the PE's attribute certificate
+    table: [] for an unsigned binary. A table that does not lie inside the file, or entries
+    that do not add up, are VerifyFailed: firmware would refuse such a file."""
+    sections(path)  # a well-formed PE first
+    with path.open("rb") as f:
+        head = f.read(4096)
+        (pe_offset,) = struct.unpack_from("<I", head, 0x3C)
+        f.seek(pe_offset + 24)
+        optional = f.read(240)
+        if len(optional) < 2:
+            raise VerifyFailed(f"{path}: PE optional header cut short")
+        (magic,) = struct.unpack_from("<H", optional, 0)
+        if magic not in (0x10B, 0x20B):
+            raise VerifyFailed(f"{path}: unknown PE optional header (magic {magic:#x})")
+        dirs = 96 if magic == 0x10B else 112
+        if len(optional) < dirs + 8 * (SECURITY_DIRECTORY + 1):
+            raise VerifyFailed(f"{path}: PE data directories cut short")
+        (count,) = struct.unpack_from("<I", optional, dirs - 4)
+        if count <= SECURITY_DIRECTORY:
+            return []
+        offset, size = struct.unpack_from("<II", optional, dirs + 8 * SECURITY_DIRECTORY)
+        if size == 0:
+            return []
+        file_size = path.stat().st_size
+        if offset + size > file_size or size > 16 * 1024 * 1024:
+            raise VerifyFailed(f"{path}: its signature table lies outside the file")
+        f.seek(offset)
+        table = f.read(size)
+    out, at = [], 0
+    while at + 8 <= len(table):
+        length, _, kind = struct.unpack_from("<IHH", table, at)
+        if length < 8 or at + length > len(table):
+            raise VerifyFailed(f"{path}: a signature entry does not fit its table")
+        if kind == WIN_CERT_TYPE_PKCS_SIGNED_DATA:
+            out.append(table[at + 8:at + length])
+        at += (length + 7) & ~7  # entries are 8-byte aligned
+    return out
