@@ -15,6 +15,7 @@ from test_pipeline_fake import Project, Tools, make_project
 from appsdk.contract.buildinfo import BUILD_JSON, load_build, load_record
 from appsdk.core.errors import BuildError, ConfigError
 from appsdk.core.runner import Call, FakeRunner, Result
+from appsdk.pipeline.builder import build
 from appsdk.pipeline.stages.esp import EspSecureBoot, build_esp_tree
 from appsdk.spec.appliance import SecureBoot, load_appliance
 from appsdk.spec.boards import load_board
@@ -179,3 +180,15 @@ def test_secure_boot_images_import_no_unsigned_credentials(tmp_path: Path) -> No
     signed = load_appliance(write(tmp_path, "secure_boot: true\n"))
     assert "systemd.import_credentials=no" not in kernel_cmdline(plain, board, "ab" * 32)
     assert "systemd.import_credentials=no" in kernel_cmdline(signed, board, "ab" * 32)
+
+
+def test_a_key_set_for_an_image_without_secure_boot_is_refused(
+        project: Project, keyset: secureboot.SecureBootKeys) -> None:
+    from appsdk.cli import shown
+
+    runner = FakeRunner(answers=Tools("x").answers())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="does not enable secure_boot") as err:
+        build(project.source, output=project.output, runner=runner, key_dir=project.keys,
+              secure_boot_keys=keyset.directory)
+    assert "--secure-boot-keys" in shown(err.value)[0] + (shown(err.value)[1] or "")
+    assert not (project.output / BUILD_JSON).exists()

@@ -210,3 +210,80 @@ def test_the_update_key_can_join_a_key_set_made_first(tmp_path: Path) -> None:
     key = keys.generate(home, "hello test", Runner())
     assert key.public_keyring.exists()
     assert secureboot.load(home / secureboot.SUBDIR)
+
+
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+needs_ovmf = pytest.mark.skipif(not OVMF_VARS.exists(), reason="ovmf not installed")
+
+
+@needs_ovmf
+def test_a_prepared_variable_store_holds_exactly_the_enrolled_lists(
+        keyset: secureboot.SecureBootKeys, tmp_path: Path) -> None:
+    from virt.firmware.varstore import edk2  # PyPI virt-firmware (test extras): the oracle
+
+    out = secureboot.write_vars(keyset, "hello", OVMF_VARS, tmp_path / "vars.fd", Runner())
+    assert out.stat().st_size == OVMF_VARS.stat().st_size
+    variables = edk2.Edk2VarStore(str(out)).get_varlist()
+    owner = uuid.uuid5(secureboot.OWNER_NAMESPACE, "hello")
+    for role in secureboot.ROLES:
+        _, _, enrolled = efivar.parse_authenticated(keyset.auth(role).read_bytes())
+        # The store holds what PK.auth, KEK.auth and db.auth would enroll, byte for byte.
+        assert bytes(variables[role].data) == enrolled
+        assert efivar.parse_signature_lists(enrolled)[0][0] == owner
+    assert bytes(variables["SecureBootEnable"].data) == b"\x01"
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_a_missing_template_or_tool_names_what_to_do(keyset: secureboot.SecureBootKeys,
+                                                     tmp_path: Path) -> None:
+    from appsdk.core.errors import ToolMissing
+    from appsdk.core.runner import FakeRunner
+
+    with pytest.raises(ConfigError, match="no such UEFI variable store") as err:
+        secureboot.write_vars(keyset, "hello", tmp_path / "none.fd", tmp_path / "o.fd",
+                              Runner())
+    assert err.value.field == "template"
+
+    class NoTool(FakeRunner):
+        def which(self, tool: str, hint: str | None = None) -> str:
+            raise ToolMissing(f"{tool} not found")
+
+    with pytest.raises(ToolMissing) as missing:
+        secureboot.write_vars(keyset, "hello", OVMF_VARS, tmp_path / "o.fd", NoTool())
+    assert missing.value.hint == "pip install virt-firmware"
+    assert not (tmp_path / "o.fd").exists()
+
+
+@needs_ovmf
+def test_run_keeps_a_variable_store_across_runs(tmp_path: Path) -> None:
+    from appsdk.emulate.qemu import persistent_vars
+    from appsdk.spec.boards import load_board
+
+    board = load_board("x86-uefi")
+    store = persistent_vars(board, tmp_path / "m" / "vars.fd", "q35-ovmf-sb")
+    assert store.read_bytes() == OVMF_VARS.read_bytes()
+    store.write_bytes(b"changed by the firmware")
+    assert persistent_vars(board, store, "q35-ovmf-sb").read_bytes() == \
+        b"changed by the firmware"
+    with pytest.raises(ConfigError, match="not a regular file") as err:
+        persistent_vars(board, tmp_path, "q35-ovmf-sb")
+    assert err.value.field == "vars"
+
+
+@needs_ovmf
+def test_cli_keys_vars_writes_the_store_for_the_board(
+        keyset: secureboot.SecureBootKeys, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import json as _json
+
+    from appsdk import cli
+
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "appliance.yaml").write_text("id: hello\nversion: '1'\n")
+    code = cli.main(["keys", "vars", str(app), "--secure-boot-keys", str(keyset.directory),
+                     "--emulator", "q35-ovmf-sb", "-o", str(tmp_path / "sb.fd"), "--json"])
+    assert code == 0, capsys.readouterr().err
+    report = _json.loads(capsys.readouterr().out)
+    assert report["template"] == str(OVMF_VARS)
+    assert (tmp_path / "sb.fd").stat().st_size == OVMF_VARS.stat().st_size

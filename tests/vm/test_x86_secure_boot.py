@@ -2,10 +2,11 @@
 with secure_boot enrolls its own key set on a machine in setup mode and from then on boots
 with Secure Boot enforced; a UKI with one byte changed, and a UKI signed by another key,
 placed on the ESP as the newest entry are refused by the firmware, and the machine boots
-its signed version in the same power-on. Everything asserted is what the device and its
-firmware print on the console.
+its signed version in the same power-on. The second refusal is on another machine, started
+from a variable store prepared with the key set (`appsdk keys vars`). Everything asserted
+is what the device and its firmware print on the console.
 
-One build and one disk for all of it: the boots follow each other as on a device."""
+One build for all of it, three boots."""
 
 from __future__ import annotations
 
@@ -130,8 +131,15 @@ def secure(root_required: None, signing_key: keys.SigningKey, update_port: int,
     esp_put(disk, tampered, "hello_9.0+1.efi")
     facts["tampered"] = refused_then_v1(disk, vars_fd, vm_logs, "sb-tampered",
                                         "hello_9.0+1.efi", state=True)
-    esp_put(disk, foreign, "hello_9.1+1.efi")
-    facts["foreign"] = refused_then_v1(disk, vars_fd, vm_logs, "sb-foreign", "hello_9.1+1.efi")
+    # The UKI signed by another key, on a second machine that starts from a variable store
+    # prepared with the key set (appsdk keys vars): Secure Boot is enforced from its very
+    # first power-on, with no enrollment.
+    second = disk_copy(built.image, tmp / "disk2.img", 6 * GiB)
+    prepared = secureboot.write_vars(keyset, "hello", Path("/usr/share/OVMF/OVMF_VARS_4M.fd"),
+                                     tmp / "prepared.fd", Runner())
+    esp_put(second, foreign, "hello_9.1+1.efi")
+    facts["foreign"] = refused_then_v1(second, prepared, vm_logs, "sb-foreign",
+                                       "hello_9.1+1.efi")
     return facts
 
 
@@ -170,6 +178,7 @@ def test_a_refused_uki_falls_back_to_the_signed_one(secure: dict[str, Any], case
     assert console.index("Error loading") < console.index("Linux version")
     assert "systemd.verity_usr_data=/dev/disk/by-partlabel/usr_1.0" in console
     assert facts["secureboot"].split()[-1] == "01"
+    assert "Enrolling secure boot keys" not in console  # enrolled before, or prepared
     # The refused entry used its one try and now sorts after v1: no brick, no loop. Its
     # stale LoaderBootCountPath is not blessed (that would drop its counter, and systemd-boot
     # would try it first on every later boot, ending at the firmware's menu each time).

@@ -17,6 +17,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_ports,
         firmware_vars,
         kvm_works,
+        persistent_vars,
         prepare_disk,
         qemu_argv,
         scratch_dir,
@@ -46,7 +47,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = VmSpec(board=board, disk=disk, snapshot=not (args.in_place or args.disk),
                   serial_port=args.serial_port, forward=tuple(args.forward),
                   accel=accel, emulator=args.emulator,
-                  vars_file=firmware_vars(board, scratch_dir(), args.emulator))
+                  vars_file=persistent_vars(board, args.vars, args.emulator) if args.vars
+                  else firmware_vars(board, scratch_dir(), args.emulator))
     argv = qemu_argv(spec)
     em = board.emulator_named(args.emulator)
     cmdline = (record.cmdline or "") if record else ""

@@ -23,6 +23,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     app = load_appliance(args.directory)
     if args.keys_command == "secure-boot":
         return _secure_boot_keys(app, args, Runner())
+    if args.keys_command == "vars":
+        return _vars(app, args, Runner())
     home = keys.home_for(app, args.keys)
     runner = Runner()
     key = keys.generate(home, f"{app.name} update signing ({app.id})", runner)
@@ -66,6 +68,35 @@ def _secure_boot_keys(app: Appliance, args: argparse.Namespace, runner: Runner) 
               "  enrollment payloads: " + ", ".join(f"{r}.auth" for r in secureboot.ROLES)
               + "\n  keep PK.key and KEK.key offline once devices are enrolled; "
               "builds need only db.key, db.crt and the .auth files")
+    return EXIT_OK
+
+
+def _vars(app: Appliance, args: argparse.Namespace, runner: Runner) -> int:
+    from appsdk.emulate.qemu import first_existing
+    from appsdk.spec.boards import load_board
+    from appsdk.trust import keys, secureboot
+
+    if args.secure_boot_keys is not None:
+        directory = args.secure_boot_keys
+    elif args.keys is None and app.secure_boot is not None and app.secure_boot.keys:
+        directory = app.secure_boot.keys
+    else:
+        directory = keys.home_for(app, args.keys) / secureboot.SUBDIR
+    keyset = secureboot.load(directory)
+    template = args.template
+    if template is None:
+        board = load_board(args.board or app.board)
+        em = board.emulator_named(args.emulator)
+        if not em.firmware_vars:
+            raise UsageError(f"emulator {em.name} of board {board.name} has no UEFI variable "
+                             "store", flag="--emulator")
+        template = first_existing(em.firmware_vars, "UEFI variable store", board)
+    out = secureboot.write_vars(keyset, app.id, template, args.output, runner)
+    if args.json:
+        print_json({"output": out, "template": template, "keys": keyset.directory})
+    else:
+        print(f"wrote {out}: {template.name} with the key set of {keyset.directory} enrolled, "
+              "Secure Boot on")
     return EXIT_OK
 
 

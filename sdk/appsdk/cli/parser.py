@@ -130,6 +130,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the X.509 certificate (PEM) of --db-key")
     k.add_argument("--json", action="store_true")
 
+    k = keys_sub.add_parser(
+        "vars", help="write a UEFI variable store with the Secure Boot key set enrolled",
+        description="Write an edk2 UEFI variable store (OVMF, AAVMF) with the appliance's "
+        "PK, KEK and db enrolled and Secure Boot on, for `appsdk run --vars` or any QEMU: a "
+        "machine that starts from it enforces Secure Boot on its first boot. Needs "
+        "virt-fw-vars (pip install virt-firmware).")
+    k.add_argument("directory", type=Path, nargs="?", default=Path("."),
+                   help="appliance directory (for its id, board and secure_boot.keys)")
+    k.add_argument("--output", "-o", type=new_file, required=True, metavar="FILE",
+                   help="the variable store to write")
+    k.add_argument("--keys", type=Path, metavar="DIR", help="the appliance's key directory")
+    k.add_argument("--secure-boot-keys", type=Path, metavar="DIR", help="the key set itself")
+    k.add_argument("--template", type=existing, metavar="FILE",
+                   help="the store to start from (default: the board emulator's)")
+    k.add_argument("--board", help="board whose emulator's store is the template "
+                   "(default: the appliance's)")
+    k.add_argument("--emulator", metavar="NAME", help="that board's emulator profile")
+    k.add_argument("--json", action="store_true")
+
     p = sub.add_parser("release", help="assemble a signed update directory from builds",
                        description="Copy the update artifacts of one or more builds into OUT "
                        "(several versions side by side) and sign one SHA256SUMS over all.")
@@ -260,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disk", type=Path, help="persistent working copy of the image (made once)")
     p.add_argument("--disk-size", type=size,
                    help="grow the working copy to this size, e.g. 6G")
+    p.add_argument("--vars", type=Path, metavar="FILE",
+                   help="persistent UEFI variable store, kept across runs (made from the "
+                   "emulator's if missing; `appsdk keys vars` makes one with Secure Boot on)")
     p.add_argument("--in-place", action="store_true", help="boot and modify the image itself")
     p.add_argument("--serial-port", type=port, help="serial console on 127.0.0.1:PORT, not stdio")
     p.add_argument("--forward", action="append", default=[], metavar="HOST:GUEST", type=forward,

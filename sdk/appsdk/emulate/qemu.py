@@ -78,6 +78,33 @@ def firmware_vars(board: EmulatedBoard, directory: Path,
     return target
 
 
+def persistent_vars(board: EmulatedBoard, path: Path, emulator: str | None = None) -> Path:
+    """The machine's UEFI variable store kept in `path` across runs (Secure Boot keys,
+    boot entries): used as it is if it exists (e.g. from `appsdk keys vars`), else made
+    from the emulator's template."""
+    em = board.emulator_named(emulator)
+    if not em.firmware_vars:
+        raise ConfigError(f"emulator {em.name} of board {board.name} keeps no UEFI variable "
+                          "store", field=Option("vars"), hint="leave out the store, or choose "
+                          "an emulator with UEFI firmware")
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            raise ConfigError("is not a regular file (a UEFI variable store is needed)",
+                              file=str(path), field=Option("vars"))
+        return path
+    source = first_existing(em.firmware_vars, "UEFI variable store", board)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        shutil.copyfile(source, partial)
+        os.replace(partial, path)
+    except OSError as exc:
+        error = PathError.from_oserror(exc, "cannot make the variable store")
+        error.field = Option("vars")
+        raise error from None
+    return path
+
+
 def firmware_args(spec: VmSpec, em: Emulator) -> list[str]:
     if em.bios:
         return ["-bios", str(first_existing((em.bios,), "firmware", spec.board))]

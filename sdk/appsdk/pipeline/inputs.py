@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from appsdk.core.errors import Option
+from appsdk.core.errors import ConfigError, Option
 from appsdk.core.progress import Event, EventKind, Reporter
 from appsdk.core.runner import Runner
 from appsdk.spec import fields
@@ -69,6 +69,12 @@ def secure_boot_keys(app: Appliance, key_dir: Path | None,
     """The Secure Boot key set if appliance.yaml enables secure_boot: `override`, else
     secure_boot.keys, else `secure-boot/` in the update key's directory."""
     if app.secure_boot is None:
+        if override is not None:  # a key set given for an image that would not use it
+            raise ConfigError("a Secure Boot key set was given, but appliance.yaml does not "
+                              "enable secure_boot", file=str(app.source), field="secure_boot",
+                              remedy=Option("secure_boot_keys"),
+                              hint="add `secure_boot: true` to appliance.yaml, or leave out "
+                              "the key set")
         return None
     if override is not None:
         directory = fields.key_dir(str(override), Option("secure_boot_keys"), base=Path.cwd(),

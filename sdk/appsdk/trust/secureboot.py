@@ -194,3 +194,36 @@ def load(directory: Path) -> SecureBootKeys:
                               hint="make the key set again with `appsdk keys secure-boot`") \
                 from None
     return keyset
+
+
+def write_vars(keyset: SecureBootKeys, app_id: str, template: Path, output: Path,
+               runner: Runner) -> Path:
+    """A UEFI variable store (edk2 format: OVMF, AAVMF) made from `template` with PK, KEK
+    and db of the key set enrolled and Secure Boot on: a machine that starts from it
+    enforces Secure Boot on its first boot, with no enrollment. virt-fw-vars (PyPI
+    virt-firmware) writes the store; the signature lists hold the same owner GUID as the
+    .auth payloads. Written to a temporary name and renamed: never half a store."""
+    try:
+        tool = runner.which("virt-fw-vars")
+    except ToolMissing:
+        raise ToolMissing("virt-fw-vars not found (it writes UEFI variable stores)",
+                          hint="pip install virt-firmware") from None
+    if not template.is_file():
+        raise ConfigError("no such UEFI variable store", file=str(template),
+                          field=Option("template"), hint="apt-get install ovmf (x86) or "
+                          "qemu-efi-aarch64 (arm64), or give the store to start from")
+    owner = str(uuid.uuid5(OWNER_NAMESPACE, app_id))
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        runner.run([tool, "--input", str(template), "--output", str(partial),
+                    "--set-pk", owner, str(keyset.cert("PK")),
+                    "--add-kek", owner, str(keyset.cert("KEK")),
+                    "--add-db", owner, str(keyset.db_cert), "--secure-boot"], timeout=120)
+        os.replace(partial, output)
+    except CommandFailed as exc:
+        raise AppsdkError(f"virt-fw-vars could not write {output}:\n{exc.stderr.strip()}",
+                          hint="is the template an edk2 variable store (OVMF_VARS*.fd, "
+                          "AAVMF_VARS.fd)?") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return output
