@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from appsdk.cli.common import print_json
@@ -47,15 +48,22 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _secure_boot_keys(app: Appliance, args: argparse.Namespace, runner: Runner) -> int:
+def _key_set_dir(app: Appliance, args: argparse.Namespace) -> Path:
+    """Where the Secure Boot key set is: --secure-boot-keys, else secure_boot.keys of
+    appliance.yaml (unless --keys names the key directory), else DIR/secure-boot."""
     from appsdk.trust import keys, secureboot
 
     if args.secure_boot_keys is not None:
-        directory = args.secure_boot_keys
-    elif args.keys is None and app.secure_boot is not None and app.secure_boot.keys:
-        directory = app.secure_boot.keys
-    else:
-        directory = keys.home_for(app, args.keys) / secureboot.SUBDIR
+        return Path(args.secure_boot_keys)
+    if args.keys is None and app.secure_boot is not None and app.secure_boot.keys:
+        return app.secure_boot.keys
+    return keys.home_for(app, args.keys) / secureboot.SUBDIR
+
+
+def _secure_boot_keys(app: Appliance, args: argparse.Namespace, runner: Runner) -> int:
+    from appsdk.trust import secureboot
+
+    directory = _key_set_dir(app, args)
     sb = secureboot.generate(directory, app.name, app.id, runner, db_key=args.db_key,
                              db_cert=args.db_cert)
     if args.json:
@@ -74,14 +82,9 @@ def _secure_boot_keys(app: Appliance, args: argparse.Namespace, runner: Runner) 
 def _vars(app: Appliance, args: argparse.Namespace, runner: Runner) -> int:
     from appsdk.emulate.qemu import first_existing
     from appsdk.spec.boards import load_board
-    from appsdk.trust import keys, secureboot
+    from appsdk.trust import secureboot
 
-    if args.secure_boot_keys is not None:
-        directory = args.secure_boot_keys
-    elif args.keys is None and app.secure_boot is not None and app.secure_boot.keys:
-        directory = app.secure_boot.keys
-    else:
-        directory = keys.home_for(app, args.keys) / secureboot.SUBDIR
+    directory = _key_set_dir(app, args)
     keyset = secureboot.load(directory)
     template = args.template
     if template is None:
