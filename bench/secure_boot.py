@@ -34,7 +34,9 @@ ENROLLED = "Custom Secure Boot keys successfully enrolled"
 
 def boot(disk: Path, vars_fd: Path, log: Path, until: str,
          timeout: float = 600) -> dict[str, float]:
-    """One boot (QEMU -no-reboot), serial to `log`: seconds from start to each mark."""
+    """One boot (QEMU -no-reboot), serial to `log` (a new file): seconds from start to each
+    mark."""
+    log.unlink(missing_ok=True)
     board = load_board("x86-uefi")
     argv = qemu_argv(VmSpec(board=board, disk=disk, snapshot=False, vars_file=vars_fd,
                             emulator="q35-ovmf-sb", no_reboot=True))
@@ -96,16 +98,19 @@ def main() -> None:
                     without_enrollment(disk, tmp)
                 else:
                     boot(disk, vars_fd, tmp / f"enroll-{run}.log", "enrolled", 120)
-                rows[label].append(boot(disk, vars_fd, tmp / f"{run}-{len(rows[label])}.log",
-                                        "healthy"))
+                log = tmp / f"{run}-{'sb' if label.startswith('SB') else 'setup'}.log"
+                rows[label].append(boot(disk, vars_fd, log, "healthy"))
     print(f"{'':<20}" + "".join(f"{m:>10}" for m in MARKS) + "   (s from QEMU start, TCG)")
     for label, runs in rows.items():
         for marks in runs:
             print(f"{label:<20}" + "".join(f"{marks.get(m, float('nan')):>10.1f}"
                                            for m in MARKS))
-    base, sb = rows["setup mode (no SB)"][0], rows["SB enforced"][0]
-    if "healthy" in base and "healthy" in sb:
-        print(f"ratio SB / no SB to health check: {sb['healthy'] / base['healthy']:.2f}")
+    def mean(label: str) -> float:
+        times = [r["healthy"] for r in rows[label] if "healthy" in r]
+        return sum(times) / len(times) if times else float("nan")
+
+    print(f"ratio SB / no SB to health check (means of {args.runs} runs): "
+          f"{mean('SB enforced') / mean('setup mode (no SB)'):.2f}")
 
 
 if __name__ == "__main__":
