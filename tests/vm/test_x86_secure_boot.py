@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vmlib import REPO, PreBoot, disk_copy, ovmf_vars, vm_boot
+from vmlib import REPO, disk_copy, esp_extent, ovmf_vars, vm_boot
 
 import appsdk
 from appsdk.core.runner import Runner
@@ -40,9 +40,8 @@ def efivar(shell: Any, name: str) -> str:
 
 def esp_put(disk: Path, source: Path, name: str) -> None:
     """Write a file into the ESP's EFI/Linux of a disk that is not running (mtools)."""
-    esp = PreBoot(disk, None)  # only for the ESP's offset
-    esp.discard()
-    subprocess.run(["mcopy", "-o", "-i", f"{disk}@@{esp.offset}", str(source),
+    offset, _ = esp_extent(disk)
+    subprocess.run(["mcopy", "-o", "-i", f"{disk}@@{offset}", str(source),
                     f"::EFI/Linux/{name}"], check=True)
 
 

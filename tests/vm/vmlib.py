@@ -69,6 +69,15 @@ KERNEL_UP = "Run /init as init process"
 ESP_TYPES = {"C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "ef"}
 
 
+def esp_extent(disk: Path) -> tuple[int, int]:
+    """(offset, size) in bytes of the disk's EFI system partition, as sfdisk reads the GPT."""
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(disk)], capture_output=True,
+                                      text=True, check=True).stdout)["partitiontable"]
+    esp = next(p for p in table["partitions"] if p["type"] in ESP_TYPES)
+    sector = int(table.get("sectorsize", 512))
+    return esp["start"] * sector, esp["size"] * sector
+
+
 class PreBoot:
     """What a boot writes before its kernel runs: the ESP (systemd-boot counts a try by
     renaming the UKI, and refreshes its random seed) and the UEFI variable store. Saved so
@@ -76,11 +85,7 @@ class PreBoot:
 
     def __init__(self, disk: Path, vars_fd: Path | None) -> None:
         self.disk, self.vars_fd = disk, vars_fd
-        table = json.loads(subprocess.run(["sfdisk", "-J", str(disk)], capture_output=True,
-                                          text=True, check=True).stdout)["partitiontable"]
-        esp = next(p for p in table["partitions"] if p["type"] in ESP_TYPES)
-        sector = int(table.get("sectorsize", 512))
-        self.offset, self.size = esp["start"] * sector, esp["size"] * sector
+        self.offset, self.size = esp_extent(disk)
         self.saved = Path(tempfile.mkdtemp(prefix="preboot-"))
         self._copy(disk, self.saved / "esp", self.offset, 0)
         if vars_fd is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from appsdk.cli.common import print_json
@@ -34,7 +33,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if args.secure_boot:
         from appsdk.trust import secureboot
 
-        sb = secureboot.generate(home / secureboot.SUBDIR, app.name, app.id, runner)
+        sb = secureboot.generate(secureboot.directory_for(app, args.keys), app.name, app.id,
+                                 runner)
         report["secure_boot"] = {"directory": sb.directory, "db_cert": sb.db_cert,
                                  "db_sha256": sb.db_fingerprint()}
     if args.json:
@@ -44,26 +44,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
               "(keep it secret and backed up; never commit it)\n"
               f"  public key: {key.public_keyring}")
         if args.secure_boot:
-            print(f"created Secure Boot key set in {home / 'secure-boot'}")
+            print(f"created Secure Boot key set in {sb.directory}")
     return EXIT_OK
-
-
-def _key_set_dir(app: Appliance, args: argparse.Namespace) -> Path:
-    """Where the Secure Boot key set is: --secure-boot-keys, else secure_boot.keys of
-    appliance.yaml (unless --keys names the key directory), else DIR/secure-boot."""
-    from appsdk.trust import keys, secureboot
-
-    if args.secure_boot_keys is not None:
-        return Path(args.secure_boot_keys)
-    if args.keys is None and app.secure_boot is not None and app.secure_boot.keys:
-        return app.secure_boot.keys
-    return keys.home_for(app, args.keys) / secureboot.SUBDIR
 
 
 def _secure_boot_keys(app: Appliance, args: argparse.Namespace, runner: Runner) -> int:
     from appsdk.trust import secureboot
 
-    directory = _key_set_dir(app, args)
+    directory = secureboot.directory_for(app, args.keys, args.secure_boot_keys)
     sb = secureboot.generate(directory, app.name, app.id, runner, db_key=args.db_key,
                              db_cert=args.db_cert)
     if args.json:
@@ -84,7 +72,7 @@ def _vars(app: Appliance, args: argparse.Namespace, runner: Runner) -> int:
     from appsdk.spec.boards import load_board
     from appsdk.trust import secureboot
 
-    directory = _key_set_dir(app, args)
+    directory = secureboot.directory_for(app, args.keys, args.secure_boot_keys)
     keyset = secureboot.load(directory)
     template = args.template
     if template is None:

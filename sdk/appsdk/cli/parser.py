@@ -106,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="appliance directory (for its id and update.key)")
     k.add_argument("--keys", type=new_dir, metavar="DIR", help="where to create the key")
     k.add_argument("--secure-boot", action="store_true",
-                   help="also create a Secure Boot key set in DIR/secure-boot (see "
-                   "`appsdk keys secure-boot`)")
+                   help="also create a Secure Boot key set in DIR/secure-boot, or where "
+                   "secure_boot.keys says (see `appsdk keys secure-boot`)")
     k.add_argument("--json", action="store_true")
     k = keys_sub.add_parser(
         "secure-boot", help="create the appliance's Secure Boot key set (PK, KEK, db)",
@@ -119,9 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("directory", type=Path, nargs="?", default=Path("."),
                    help="appliance directory (for its id, name and secure_boot.keys)")
     k.add_argument("--keys", type=new_dir, metavar="DIR",
-                   help="the appliance's key directory; the set goes into DIR/secure-boot "
-                   "(default: secure_boot.keys in appliance.yaml, else the update key's "
-                   "directory)")
+                   help="the appliance's key directory (default: the update key's); the set "
+                   "goes into DIR/secure-boot unless appliance.yaml names secure_boot.keys")
     k.add_argument("--secure-boot-keys", type=new_dir, metavar="DIR",
                    help="exactly where to create the key set")
     k.add_argument("--db-key", type=existing, metavar="FILE",

@@ -151,12 +151,13 @@ class PathError(AppsdkError):
     exit_code = 12
 
     @classmethod
-    def from_oserror(cls, exc: OSError, doing: str = "") -> PathError:
+    def from_oserror(cls, exc: OSError, doing: str = "",
+                     option: Option | None = None) -> PathError:
         path = str(exc.filename) if exc.filename is not None else "?"
         reason = exc.strerror or str(exc)
         prefix = f"{doing}: " if doing else ""
         return cls(f"{path}: {prefix}{reason}", hint=_OS_HINTS.get(exc.errno or 0, _HINT),
-                   file=path)
+                   file=path, option=option)
 
 
 _HINT = "check the path and try again"

@@ -99,9 +99,8 @@ def persistent_vars(board: EmulatedBoard, path: Path, emulator: str | None = Non
         shutil.copyfile(source, partial)
         os.replace(partial, path)
     except OSError as exc:
-        error = PathError.from_oserror(exc, "cannot make the variable store")
-        error.field = Option("vars")
-        raise error from None
+        raise PathError.from_oserror(exc, "cannot make the variable store",
+                                     Option("vars")) from None
     return path
 
 
@@ -258,9 +257,7 @@ def prepare_disk(image: Path, disk: Path | None, size: int | None) -> Path:
         if size and disk.stat().st_size < size:
             os.truncate(disk, size)
     except OSError as exc:
-        error = PathError.from_oserror(exc, "cannot make the working copy")
-        error.field = Option("disk")
-        raise error from None
+        raise PathError.from_oserror(exc, "cannot make the working copy", Option("disk")) from None
     return disk
 
 

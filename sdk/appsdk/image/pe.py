@@ -19,8 +19,16 @@ class Section:
 TEXT_MAX = 1024 * 1024  # a text section (.cmdline, .osrel, .uname, .sdmagic) is small
 
 
-def sections(path: Path) -> dict[str, Section]:
-    """The section table; any file that is not a well-formed PE is VerifyFailed."""
+@dataclass(frozen=True)
+class Headers:
+    pe_offset: int
+    count: int  # sections
+    optional: bytes  # the optional header (magic, data directories)
+    table: bytes  # the section table
+
+
+def headers(path: Path) -> Headers:
+    """The PE headers; any file that is not a well-formed PE is VerifyFailed."""
     with path.open("rb") as f:
         head = f.read(4096)
         if len(head) < 0x40 or head[:2] != b"MZ":
@@ -31,13 +39,19 @@ def sections(path: Path) -> dict[str, Section]:
         if len(coff) < 24 or coff[:4] != b"PE\0\0":
             raise VerifyFailed(f"{path}: not a PE file (no PE signature)")
         _, count, _, _, _, optional_size, _ = struct.unpack_from("<HHIIIHH", coff, 4)
-        f.seek(pe_offset + 24 + optional_size)
+        optional = f.read(optional_size)
         table = f.read(40 * count)
     if len(table) < 40 * count:
         raise VerifyFailed(f"{path}: PE section table cut short ({count} sections declared)")
+    return Headers(pe_offset, count, optional, table)
+
+
+def sections(path: Path) -> dict[str, Section]:
+    """The section table; any file that is not a well-formed PE is VerifyFailed."""
+    found = headers(path)
     out = {}
-    for index in range(count):
-        entry = table[index * 40:(index + 1) * 40]
+    for index in range(found.count):
+        entry = found.table[index * 40:(index + 1) * 40]
         name = entry[:8].rstrip(b"\0").decode(errors="replace")
         virtual_size, _, raw_size, raw_offset = struct.unpack_from("<IIII", entry, 8)
         out[name] = Section(name, raw_offset, min(virtual_size, raw_size) or raw_size)
@@ -72,29 +86,26 @@ def signatures(path: Path) -> list[bytes]:
     """The Authenticode signatures (DER PKCS#7 SignedData) in the PE's attribute certificate
     table: [] for an unsigned binary. A table that does not lie inside the file, or entries
     that do not add up, are VerifyFailed: firmware would refuse such a file."""
-    sections(path)  # a well-formed PE first
+    optional = headers(path).optional
+    if len(optional) < 2:
+        raise VerifyFailed(f"{path}: PE optional header cut short")
+    (magic,) = struct.unpack_from("<H", optional, 0)
+    if magic not in (0x10B, 0x20B):
+        raise VerifyFailed(f"{path}: unknown PE optional header (magic {magic:#x})")
+    dirs = 96 if magic == 0x10B else 112
+    if len(optional) < dirs:
+        raise VerifyFailed(f"{path}: PE optional header cut short")
+    (count,) = struct.unpack_from("<I", optional, dirs - 4)
+    if count <= SECURITY_DIRECTORY:
+        return []
+    if len(optional) < dirs + 8 * (SECURITY_DIRECTORY + 1):
+        raise VerifyFailed(f"{path}: PE data directories cut short")
+    offset, size = struct.unpack_from("<II", optional, dirs + 8 * SECURITY_DIRECTORY)
+    if size == 0:
+        return []
+    if offset + size > path.stat().st_size or size > 16 * 1024 * 1024:
+        raise VerifyFailed(f"{path}: its signature table lies outside the file")
     with path.open("rb") as f:
-        head = f.read(4096)
-        (pe_offset,) = struct.unpack_from("<I", head, 0x3C)
-        f.seek(pe_offset + 24)
-        optional = f.read(240)
-        if len(optional) < 2:
-            raise VerifyFailed(f"{path}: PE optional header cut short")
-        (magic,) = struct.unpack_from("<H", optional, 0)
-        if magic not in (0x10B, 0x20B):
-            raise VerifyFailed(f"{path}: unknown PE optional header (magic {magic:#x})")
-        dirs = 96 if magic == 0x10B else 112
-        if len(optional) < dirs + 8 * (SECURITY_DIRECTORY + 1):
-            raise VerifyFailed(f"{path}: PE data directories cut short")
-        (count,) = struct.unpack_from("<I", optional, dirs - 4)
-        if count <= SECURITY_DIRECTORY:
-            return []
-        offset, size = struct.unpack_from("<II", optional, dirs + 8 * SECURITY_DIRECTORY)
-        if size == 0:
-            return []
-        file_size = path.stat().st_size
-        if offset + size > file_size or size > 16 * 1024 * 1024:
-            raise VerifyFailed(f"{path}: its signature table lies outside the file")
         f.seek(offset)
         table = f.read(size)
     out, at = [], 0

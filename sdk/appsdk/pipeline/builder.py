@@ -107,6 +107,7 @@ def _build(source: Path, claims: contextlib.ExitStack, *, board: str | None,
     layout = layout_for(app, brd)
     signing = signing_key(app, key_dir, url, runner)
     sb = secure_boot_keys(app, key_dir, sb_keys)
+    db_sha256 = sb.db_fingerprint() if sb else ""
 
     with stage(reporter, "tools", "build tools tree") as r:
         tools = ensure_tools(runner, reporter)
@@ -151,7 +152,7 @@ def _build(source: Path, claims: contextlib.ExitStack, *, board: str | None,
                 boot_loader=sign_efi(sdboot, signed / sdboot.name, sb, epoch, tools, runner),
                 enrollment={role: sb.auth(role) for role in ("PK", "KEK", "db")},
                 enroll=app.secure_boot.enroll)
-            r["message"] = f"(db {sb.db_fingerprint()[:16]}, verified with sbverify)"
+            r["message"] = f"(db {db_sha256[:16]}, verified with sbverify)"
     pinned = rpi_boot.components(brd, chain)
     with stage(reporter, "esp", "systemd-boot, loader.conf, UKI"
                + (f", {chain} firmware" if pinned else "")) as r:
@@ -206,7 +207,7 @@ def _build(source: Path, claims: contextlib.ExitStack, *, board: str | None,
         verity_roothash=verity.roothash,
         update=UpdateRecord(url, signing.fingerprint if signing else None,
                             app.update.automatic),
-        secure_boot=SecureBootRecord(sb.db_fingerprint(), app.secure_boot.enroll)
+        secure_boot=SecureBootRecord(db_sha256, app.secure_boot.enroll)
         if sb is not None and app.secure_boot is not None else None), output)
     shutil.rmtree(work, ignore_errors=True)
     return result

@@ -76,9 +76,4 @@ def secure_boot_keys(app: Appliance, key_dir: Path | None,
                               hint="add `secure_boot: true` to appliance.yaml, or leave out "
                               "the key set")
         return None
-    if override is not None:
-        directory = fields.key_dir(str(override), Option("secure_boot_keys"), base=Path.cwd(),
-                                   overlay=app.overlay)
-    else:
-        directory = app.secure_boot.keys or keys.home_for(app, key_dir) / secureboot.SUBDIR
-    return secureboot.load(directory)
+    return secureboot.load(secureboot.directory_for(app, key_dir, override))

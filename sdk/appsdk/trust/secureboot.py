@@ -22,7 +22,9 @@ from pathlib import Path
 
 from appsdk.core.errors import AppsdkError, CommandFailed, ConfigError, Option, ToolMissing
 from appsdk.core.runner import Runner
-from appsdk.trust import efivar
+from appsdk.spec import fields
+from appsdk.spec.appliance import Appliance
+from appsdk.trust import efivar, keys
 from appsdk.trust.keydir import prepare_dir, undo_dir
 
 ROLES = ("PK", "KEK", "db")
@@ -58,6 +60,19 @@ class SecureBootKeys:
     def db_fingerprint(self) -> str:
         """SHA-256 of the db certificate (DER): what a build records as its signer."""
         return hashlib.sha256(_pem_to_der(self.db_cert.read_text())).hexdigest()
+
+
+def directory_for(app: Appliance, key_dir: Path | None = None,
+                  override: Path | None = None) -> Path:
+    """Where `app`'s key set is: `override` (never inside the overlay, which is imaged),
+    else secure_boot.keys of appliance.yaml (checked where it was read), else `secure-boot/`
+    in the update key's directory (`key_dir`, or its default)."""
+    if override is not None:
+        return fields.key_dir(str(override), Option("secure_boot_keys"), base=Path.cwd(),
+                              overlay=app.overlay)
+    if app.secure_boot is not None and app.secure_boot.keys is not None:
+        return app.secure_boot.keys
+    return keys.home_for(app, key_dir) / SUBDIR
 
 
 def _pem_to_der(pem: str) -> bytes:

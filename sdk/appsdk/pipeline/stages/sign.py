@@ -23,7 +23,7 @@ def sign_efi(binary: Path, output: Path, keys: SecureBootKeys, epoch: int, tools
     output.unlink(missing_ok=True)
     when = dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
     sandbox = tools.sandbox(binds=(output.parent,),
-                            ro_binds=tuple({binary.parent, keys.directory}))
+                            ro_binds=tuple(dict.fromkeys((binary.parent, keys.directory))))
     try:
         sandbox.run(runner, ["faketime", "-f", when, SBSIGN, "sign",
                              f"--private-key={keys.db_key}", f"--certificate={keys.db_cert}",
@@ -39,7 +39,7 @@ def sign_efi(binary: Path, output: Path, keys: SecureBootKeys, epoch: int, tools
 
 def verify_efi(binary: Path, keys: SecureBootKeys, tools: ToolsTree, runner: Runner) -> None:
     """sbverify (sbsigntool, not systemd's code) accepts `binary` for the db certificate."""
-    result = tools.sandbox(ro_binds=tuple({binary.parent, keys.directory})).run(
+    result = tools.sandbox(ro_binds=tuple(dict.fromkeys((binary.parent, keys.directory)))).run(
         runner, ["sbverify", "--cert", str(keys.db_cert), str(binary)], check=False,
         timeout=120)
     if result.returncode != 0:
