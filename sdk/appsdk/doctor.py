@@ -50,6 +50,8 @@ HOST_TOOLS = (
     HostTool("bmaptool", "bmap-tools", "reads and writes our .bmap as the oracle", True),
     HostTool("umockdev-run", "umockdev", "fakes USB and SATA disks", True),
     HostTool("mkfs.ext4", "e2fsprogs", "update media for the serial VM test", True),
+    HostTool("mkfs.vfat", "dosfstools", "checks the ESP cluster size FAT32 allows", True),
+    HostTool("fsck.vfat", "dosfstools", "reads back the ESP a build made", True),
     HostTool("blkid", "util-linux", "filesystem labels on flashed disks", True),
     HostTool("findmnt", "util-linux", "what is mounted", True),
     HostTool("partx", "util-linux", "partition nodes of loop devices in device tests", True),

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
-from appsdk.contract.layout import device_repart, image_repart, kernel_cmdline, layout_for
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from appsdk.contract.layout import (
+    ESP_SECTOR,
+    FAT32_MIN_CLUSTERS,
+    device_repart,
+    esp_cluster_sectors,
+    image_repart,
+    kernel_cmdline,
+    layout_for,
+)
 from appsdk.contract.ondevice import (
     IDENTITY_UNIT,
     MACHINE_ID_UNIT,
@@ -60,6 +74,38 @@ def test_image_repart_holds_esp_and_slot_a_only() -> None:
     verity = parse(files["30-verity-a.conf"])
     assert verity["Label"] == "verity_1.0" and verity["Type"] == "usr-x86-64-verity"
     assert len(files) == 3
+
+
+MiB = 1024**2
+ESP_SIZES = st.integers(64 * MiB, 4 * 1024 * MiB)  # the esp: range appliance.yaml accepts
+
+
+@given(ESP_SIZES)
+def test_esp_clusters_are_the_largest_fat32_allows(size: int) -> None:
+    sectors = esp_cluster_sectors(size)
+    assert sectors in (1, 2, 4, 8)  # at most 4 KiB
+    assert size // (ESP_SECTOR * sectors) > FAT32_MIN_CLUSTERS
+    if sectors < 8:  # one size up would leave too few clusters for FAT32
+        assert size // (ESP_SECTOR * sectors * 2) < FAT32_MIN_CLUSTERS * 103 // 100
+
+
+@pytest.mark.skipif(shutil.which("mkfs.vfat") is None, reason="dosfstools")
+@pytest.mark.parametrize("mib", [64, 128, 131, 132, 256, 260, 263, 264, 512])
+def test_mkfs_makes_a_clean_fat32_with_that_cluster_size(mib: int, tmp_path: Path) -> None:
+    """mkfs.fat itself warns when FAT32 gets fewer clusters than it must have (readers would
+    take it for FAT16); fsck.fat reads back the cluster size asked for."""
+    image = tmp_path / "esp.img"
+    with image.open("wb") as f:
+        f.truncate(mib * MiB)
+    sectors = esp_cluster_sectors(mib * MiB)
+    made = subprocess.run(["mkfs.vfat", "-F", "32", "-S", "512", "-s", str(sectors), str(image)],
+                          capture_output=True, text=True, check=True)
+    assert "WARNING" not in made.stdout + made.stderr
+    checked = subprocess.run(["fsck.vfat", "-n", "-v", str(image)], capture_output=True,
+                             text=True)
+    assert checked.returncode == 0, checked.stdout
+    assert f"{sectors * 512} bytes per cluster" in checked.stdout
+    assert "less than the required minimum" not in checked.stdout
 
 
 def test_kernel_cmdline() -> None:

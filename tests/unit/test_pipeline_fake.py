@@ -388,6 +388,15 @@ def calls_of(runner: FakeRunner, program: str) -> Iterator[Call]:
     return (c for c in runner.calls if c.program == program)
 
 
+def test_repart_formats_the_esp_with_the_largest_clusters_fat32_allows(
+        project: Project) -> None:
+    runner = FakeRunner(answers=Tools("A").answers())
+    project.build(runner)
+    (repart,) = (c for c in calls_of(runner, "systemd-repart") if "--empty=create" in c.argv)
+    # 256M: 2 KiB clusters (mkfs.fat's default there is 512 bytes; see esp_cluster_sectors)
+    assert repart.env["SYSTEMD_REPART_MKFS_OPTIONS_VFAT"] == "-s 4"
+
+
 def test_a_cached_rebuild_runs_no_mmdebstrap_or_dracut(project: Project) -> None:
     project.build(Tools("A"))
     runner = FakeRunner(answers=Tools("B").answers())

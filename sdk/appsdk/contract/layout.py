@@ -55,6 +55,29 @@ def verity_label(version: str) -> str:
     return f"verity_{version}"
 
 
+# FAT32 needs at least 65525 clusters (fewer and every reader takes it for FAT16). 3% on top
+# covers the reserved sectors and the two FATs that come out of the partition first.
+FAT32_MIN_CLUSTERS = 65525
+ESP_SECTOR = 512
+
+
+def esp_cluster_sectors(esp_size: int) -> int:
+    """Sectors per cluster for the ESP: the largest cluster of 4, 2 or 1 KiB that leaves
+    FAT32 enough clusters, else one sector. mkfs.fat's own default below 260 MB is one 512-byte
+    sector, and vfat mounted `sync` (as updates write the ESP) allocates and writes the FAT
+    cluster by cluster: a 28 MB UKI took 50 s under TCG with 512-byte clusters, 14.5 s with
+    2 KiB and 8 s with 4 KiB (FIELD-NOTES)."""
+    for sectors in (8, 4, 2):
+        if esp_size // (ESP_SECTOR * sectors) >= FAT32_MIN_CLUSTERS * 103 // 100:
+            return sectors
+    return 1
+
+
+def esp_mkfs_options(esp_size: int) -> str:
+    """Extra mkfs.vfat options for systemd-repart ($SYSTEMD_REPART_MKFS_OPTIONS_VFAT)."""
+    return f"-s {esp_cluster_sectors(esp_size)}"
+
+
 EMPTY_LABEL = "_empty"  # systemd-sysupdate's marker for a free slot
 VAR_LABEL = "var"
 

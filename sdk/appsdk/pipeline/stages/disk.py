@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from appsdk.contract.layout import Layout, image_repart
+from appsdk.contract.layout import Layout, esp_mkfs_options, image_repart
 from appsdk.contract.record import PartitionInfo
 from appsdk.core.runner import Runner
 from appsdk.pipeline.tools import ToolsTree
@@ -44,7 +44,9 @@ def build_disk(layout: Layout, esp_root: Path, usr_image: Path, verity_image: Pa
         # repart picks 4096-byte sectors for image files; firmware and mtools expect 512.
         "--sector-size=512", f"--seed={seed}", f"--definitions={definitions}",
         "--json=short", str(output),
-    ], env={"SOURCE_DATE_EPOCH": "0"}, timeout=1800)
+    ], env={"SOURCE_DATE_EPOCH": "0",
+            "SYSTEMD_REPART_MKFS_OPTIONS_VFAT": esp_mkfs_options(layout.esp_size)},
+        timeout=1800)
     return DiskImage(path=output, size=output.stat().st_size,
                      partitions=parse_repart_json(result.stdout))
 
