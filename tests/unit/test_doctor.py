@@ -12,7 +12,8 @@ from appsdk.doctor import HOST_TOOLS
 REPO = Path(__file__).resolve().parents[2]
 ESSENTIAL = {"coreutils", "dpkg", "bash"}  # Essential: yes on every Debian system
 # Commands the tests run that come with Essential packages.
-ESSENTIAL_COMMANDS = {"bash", "cp", "dd", "false", "sha256sum", "true", "truncate", "umount"}
+ESSENTIAL_COMMANDS = {"bash", "cp", "dd", "false", "sha256sum", "shred", "true", "truncate",
+                      "umount"}
 
 
 def make_deps_packages() -> set[str]:

@@ -10,9 +10,11 @@ One build for all of it, three boots."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,12 @@ import pytest
 from vmlib import REPO, disk_copy, esp_extent, ovmf_vars, vm_boot
 
 import appsdk
+from appsdk.core.progress import NullReporter
 from appsdk.core.runner import Runner
 from appsdk.image.inspect import inspect, signers
 from appsdk.pipeline.stages.sign import sign_efi
-from appsdk.pipeline.tools import cached_tools
-from appsdk.trust import keys, secureboot
+from appsdk.pipeline.tools import ToolsTree, cached_tools, ensure_tools
+from appsdk.trust import keys, pkcs11, secureboot
 
 GiB = 1024**3
 SB = "q35-ovmf-sb"
@@ -77,19 +80,78 @@ def refused_then_v1(disk: Path, vars_fd: Path, logs: Path, name: str, entry: str
     return facts
 
 
+PIN = "7531"
+
+
+def softhsm_db_key(tmp: Path, tools: ToolsTree, made: secureboot.SecureBootKeys) -> str:
+    """Move the db key of `made` into a SoftHSM token and shred every PEM copy of it: from
+    here on it exists only inside the token. Returns its PKCS#11 URI (PIN from a file)."""
+    store = tmp / "hsm" / "tokens"
+    store.mkdir(parents=True)
+    conf = tmp / "hsm" / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {store}\nobjectstore.backend = file\n")
+    pin = tmp / "hsm" / "pin"
+    pin.write_text(PIN)
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    os.environ[pkcs11.BIND_ENV] = str(store)
+    pkcs8 = tmp / "hsm" / "db.p8"
+    subprocess.run(["openssl", "pkcs8", "-topk8", "-nocrypt", "-in", str(made.db_key),
+                    "-out", str(pkcs8)], check=True)
+    box = tools.sandbox(binds=(store, pkcs8.parent))
+    box.run(Runner(), ["softhsm2-util", "--init-token", "--free", "--label", "appsdk",
+                       "--pin", PIN, "--so-pin", "86420"])
+    box.run(Runner(), ["softhsm2-util", "--import", str(pkcs8), "--token", "appsdk",
+                       "--label", "db", "--id", "01", "--pin", PIN])
+    for copy in (pkcs8, made.db_key):
+        subprocess.run(["shred", "-u", str(copy)], check=True)
+    return f"pkcs11:token=appsdk;object=db;type=private?pin-source=file:{pin}"
+
+
+def private_key_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()
+            and b"PRIVATE KEY-----" in p.read_bytes()[:1 << 16]]
+
+
 @pytest.fixture(scope="module")
 def secure(root_required: None, signing_key: keys.SigningKey, update_port: int,
-           tmp_path_factory: pytest.TempPathFactory, vm_logs: Path) -> dict[str, Any]:
+           tmp_path_factory: pytest.TempPathFactory, vm_logs: Path) -> Iterator[dict[str, Any]]:
+    saved = {name: os.environ.get(name) for name in ("SOFTHSM2_CONF", pkcs11.BIND_ENV)}
+    try:
+        yield secure_boot_scenarios(signing_key, update_port, tmp_path_factory, vm_logs)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def secure_boot_scenarios(signing_key: keys.SigningKey, update_port: int,
+                          tmp_path_factory: pytest.TempPathFactory,
+                          vm_logs: Path) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("secure-boot")
+    # The db key lives in an HSM (SoftHSM through OpenSSL's pkcs11 provider), as a release
+    # pipeline keeps it: `appsdk keys secure-boot --db-key pkcs11:... --db-cert` records its
+    # URI after the token proved it holds the certificate's key. PK and KEK, needed only to
+    # make the enrollment payloads, are then taken offline.
+    tools = ensure_tools(Runner(), NullReporter())
+    made = secureboot.generate(tmp / "made", "Hello appliance", "hello", Runner())
+    uri = softhsm_db_key(tmp, tools, made)
     keyset = secureboot.generate(tmp / "keys" / "secure-boot", "Hello appliance", "hello",
-                                 Runner())
+                                 Runner(), db_key=pkcs11.parse_uri(uri), db_cert=made.db_cert,
+                                 hsm=tools.sandbox())
+    for key in (made.key("PK"), made.key("KEK"), keyset.key("PK"), keyset.key("KEK")):
+        subprocess.run(["shred", "-u", str(key)], check=True)
     app = tmp / "hello"
     shutil.copytree(REPO / "examples/hello", app, ignore=shutil.ignore_patterns("build"))
     config = app / "appliance.yaml"
     config.write_text(config.read_text() + f"secure_boot:\n  keys: {keyset.directory}\n")
+    facts: dict[str, Any] = {"key_files_before": private_key_files(tmp),
+                             "keyset": sorted(p.name for p in keyset.directory.iterdir())}
     built = appsdk.build(app, board="x86-uefi", version="1.0", output=tmp / "build",
                          key_dir=signing_key.home,
                          update_url=f"http://10.0.2.2:{update_port}/")
+    facts["key_files_after"] = private_key_files(tmp)
     uki = built.artifacts["uki"].path
 
     # The two UKIs the firmware must refuse: one byte of the signed UKI changed (in the
@@ -108,7 +170,7 @@ def secure(root_required: None, signing_key: keys.SigningKey, update_port: int,
     rogue = secureboot.generate(tmp / "rogue", "Rogue", "rogue", Runner())
     foreign = sign_efi(stripped, tmp / "foreign.efi", rogue, 0, tools, Runner())
 
-    facts: dict[str, Any] = {"db_subject": "Hello appliance Secure Boot db"}
+    facts["db_subject"] = "Hello appliance Secure Boot db"
     # What `appsdk inspect` reads off the image and the attacker's copy (no boot needed).
     facts["inspect"] = inspect(built.output)["secure_boot"]
     facts["foreign_signers"] = signers(foreign, Runner())
@@ -185,6 +247,16 @@ def test_a_refused_uki_falls_back_to_the_signed_one(secure: dict[str, Any], case
     assert f"{entry}+0-1.efi" in facts["esp"], facts["esp"]
     assert f"{entry}.efi" not in facts["esp"], facts["esp"]
     assert "hello_1.0.efi" in facts["esp"]
+
+
+def test_the_db_key_in_an_hsm_signs_with_no_private_key_file_on_disk(
+        secure: dict[str, Any]) -> None:
+    """The image that enrolled and boots under Secure Boot above was signed by the db key in
+    SoftHSM: the key set holds its URI, not a key, and no PEM private key existed in the
+    test's tree before or after the build (the build's work directory is inside it)."""
+    assert secure["keyset"] == ["KEK.auth", "KEK.crt", "PK.auth", "PK.crt", "db.auth",
+                                "db.crt", "db.uri"]
+    assert secure["key_files_before"] == [] and secure["key_files_after"] == []
 
 
 def test_inspect_names_the_signer_of_every_efi_binary(secure: dict[str, Any]) -> None:

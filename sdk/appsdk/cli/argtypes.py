@@ -9,7 +9,9 @@ import math
 import os
 from pathlib import Path
 
+from appsdk.core.errors import AppsdkError
 from appsdk.core.units import parse_size
+from appsdk.trust.pkcs11 import Pkcs11Key, is_uri, parse_uri
 
 # termios rates Linux serial drivers accept (pyserial refuses others on many adapters).
 BAUD_RATES = (50, 75, 110, 134, 150, 200, 300, 600, 1200, 1800, 2400, 4800, 9600, 19200,
@@ -75,6 +77,16 @@ def existing(text: str) -> Path:
     if not os.path.lexists(text):
         raise argparse.ArgumentTypeError(f"{text}: no such file or directory")
     return Path(text)
+
+
+def key_source(text: str) -> Path | Pkcs11Key:
+    """A private key: a PKCS#11 URI (a key in an HSM), or an existing file."""
+    if is_uri(text):
+        try:
+            return parse_uri(text)
+        except AppsdkError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+    return existing(text)
 
 
 def new_dir(text: str) -> Path:

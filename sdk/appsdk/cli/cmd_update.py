@@ -7,7 +7,7 @@ import contextlib
 import sys
 from typing import TYPE_CHECKING
 
-from appsdk.cli.common import print_json
+from appsdk.cli.common import print_json, reporter_for
 from appsdk.core.errors import EXIT_OK, UsageError
 
 if TYPE_CHECKING:
@@ -49,11 +49,17 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _secure_boot_keys(app: Appliance, args: argparse.Namespace, runner: Runner) -> int:
-    from appsdk.trust import secureboot
+    from appsdk.trust import pkcs11, secureboot
 
     directory = secureboot.directory_for(app, args.keys, args.secure_boot_keys)
+    hsm = None
+    if isinstance(args.db_key, pkcs11.Pkcs11Key):
+        # The token is reached through OpenSSL's pkcs11 provider in the tools tree.
+        from appsdk.pipeline.tools import ensure_tools
+
+        hsm = ensure_tools(runner, reporter_for(args)).sandbox()
     sb = secureboot.generate(directory, app.name, app.id, runner, db_key=args.db_key,
-                             db_cert=args.db_cert)
+                             db_cert=args.db_cert, hsm=hsm)
     if args.json:
         print_json({"directory": sb.directory, "db_cert": sb.db_cert,
                     "db_sha256": sb.db_fingerprint(),
@@ -62,8 +68,10 @@ def _secure_boot_keys(app: Appliance, args: argparse.Namespace, runner: Runner) 
         print(f"created Secure Boot key set in {sb.directory}\n"
               f"  db certificate {sb.db_cert} (sha256 {sb.db_fingerprint()[:16]}...)\n"
               "  enrollment payloads: " + ", ".join(f"{r}.auth" for r in secureboot.ROLES)
+              + (f"\n  db key: in the HSM, {sb.db_signer()} (db.uri)"
+                 if sb.db_uri.exists() else "")
               + "\n  keep PK.key and KEK.key offline once devices are enrolled; "
-              "builds need only db.key, db.crt and the .auth files")
+              "builds need only the db key, db.crt and the .auth files")
     return EXIT_OK
 
 

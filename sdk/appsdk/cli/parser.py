@@ -13,6 +13,7 @@ from appsdk.cli.argtypes import (
     count,
     existing,
     forward,
+    key_source,
     new_dir,
     new_file,
     port,
@@ -123,8 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "goes into DIR/secure-boot unless appliance.yaml names secure_boot.keys")
     k.add_argument("--secure-boot-keys", type=new_dir, metavar="DIR",
                    help="exactly where to create the key set")
-    k.add_argument("--db-key", type=existing, metavar="FILE",
-                   help="use this db private key (PEM) instead of making one; needs --db-cert")
+    k.add_argument("--db-key", type=key_source, metavar="FILE|URI",
+                   help="use this db private key instead of making one: a PEM file, or a key "
+                   "in an HSM as a PKCS#11 URI ('pkcs11:token=...;object=...'; see "
+                   "docs/secure-boot.md); needs --db-cert")
     k.add_argument("--db-cert", type=existing, metavar="FILE",
                    help="the X.509 certificate (PEM) of --db-key")
     k.add_argument("--json", action="store_true")

@@ -18,13 +18,16 @@ TOOLS_PACKAGES = (
     "systemd-repart", "systemd-ukify", "python3-pefile", "erofs-utils", "squashfs-tools",
     "dosfstools", "mtools", "cryptsetup-bin", "xz-utils", "zstd", "fdisk", "e2fsprogs",
     "gnupg", "gpgv", "sbsigntool", "faketime",
+    # Keys in an HSM: OpenSSL's pkcs11 provider finds modules through p11-kit; SoftHSM is
+    # a software token for trying that out (and the tests), openssl checks a key in one.
+    "openssl", "pkcs11-provider", "p11-kit", "softhsm2",
 )
 # Binaries the pipeline calls inside the tree, and the package that provides each.
 TOOLS_USED = {
     "systemd-repart": "systemd-repart", "ukify": "systemd-ukify", "mkfs.erofs": "erofs-utils",
     "mkfs.vfat": "dosfstools", "mcopy": "mtools", "veritysetup": "cryptsetup-bin",
     "xz": "xz-utils", "sfdisk": "fdisk", "gpg": "gnupg", "sbverify": "sbsigntool",
-    "faketime": "faketime",
+    "faketime": "faketime", "openssl": "openssl", "softhsm2-util": "softhsm2",
 }
 # Documentation, man pages and translations are never needed in a tree we build.
 DPKG_EXCLUDES = (

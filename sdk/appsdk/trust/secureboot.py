@@ -6,6 +6,8 @@ PK and KEK only ever sign variable updates, so they can live offline after this.
 Layout of a key set directory (mode 0700, private keys 0600):
     PK.key PK.crt KEK.key KEK.crt db.key db.crt   PEM
     PK.auth KEK.auth db.auth                      EFI_VARIABLE_AUTHENTICATION_2 + ESL
+    db.uri                                        instead of db.key: the db key is in an
+                                                  HSM, named by this PKCS#11 URI
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from pathlib import Path
 
 from appsdk.core.errors import AppsdkError, CommandFailed, ConfigError, Option, ToolMissing
 from appsdk.core.runner import Runner
+from appsdk.core.sandbox import Sandbox
 from appsdk.spec import fields
 from appsdk.spec.appliance import Appliance
-from appsdk.trust import efivar, keys
+from appsdk.trust import efivar, keys, pkcs11
 from appsdk.trust.keydir import prepare_dir, undo_dir
 
 ROLES = ("PK", "KEK", "db")
@@ -56,6 +59,17 @@ class SecureBootKeys:
     @property
     def db_key(self) -> Path:
         return self.key("db")
+
+    @property
+    def db_uri(self) -> Path:
+        return self.directory / "db.uri"
+
+    def db_signer(self) -> Path | pkcs11.Pkcs11Key:
+        """What signs with the db key: its PEM file, or the PKCS#11 URI of db.uri."""
+        if self.db_uri.is_file():
+            return pkcs11.parse_uri(self.db_uri.read_text(encoding="utf-8").strip(),
+                                    field="db.uri", file=str(self.db_uri))
+        return self.db_key
 
     def db_fingerprint(self) -> str:
         """SHA-256 of the db certificate (DER): what a build records as its signer."""
@@ -99,12 +113,13 @@ def _openssl(runner: Runner) -> str:
 
 
 def generate(directory: Path, name: str, app_id: str, runner: Runner, *,
-             db_key: Path | None = None, db_cert: Path | None = None,
-             when: dt.datetime | None = None) -> SecureBootKeys:
+             db_key: Path | pkcs11.Pkcs11Key | None = None, db_cert: Path | None = None,
+             when: dt.datetime | None = None, hsm: Sandbox | None = None) -> SecureBootKeys:
     """A new key set in `directory` (made here, or an empty private one). `db_key` and
-    `db_cert`: a db key the product team already has (both or neither); PK and KEK are made
-    around it. `when`: the enrollment payloads' timestamp (default: now, or
-    SOURCE_DATE_EPOCH)."""
+    `db_cert`: a db key the product team already has (both or neither), a PEM file or a key
+    in an HSM (PKCS#11 URI; `hsm` is the sandbox with OpenSSL's pkcs11 provider, the tools
+    tree); PK and KEK are made around it. `when`: the enrollment payloads' timestamp
+    (default: now, or SOURCE_DATE_EPOCH)."""
     if (db_key is None) != (db_cert is None):
         raise ConfigError("a db key needs its certificate, and a certificate its key",
                           field=Option("db_key" if db_key is None else "db_cert"),
@@ -115,7 +130,10 @@ def generate(directory: Path, name: str, app_id: str, runner: Runner, *,
     keyset = SecureBootKeys(directory)
     try:
         for role in ROLES:
-            if role == "db" and db_key is not None and db_cert is not None:
+            if role == "db" and isinstance(db_key, pkcs11.Pkcs11Key) and db_cert is not None:
+                _import_db_uri(keyset, db_key, db_cert, hsm, runner)
+                continue
+            if role == "db" and isinstance(db_key, Path) and db_cert is not None:
                 _import_db(keyset, db_key, db_cert, openssl, runner)
                 continue
             runner.run([openssl, "req", "-new", "-x509", "-newkey", f"rsa:{RSA_BITS}",
@@ -156,6 +174,51 @@ def _import_db(keyset: SecureBootKeys, key: Path, cert: Path, openssl: str,
         out.write(key.read_bytes())
 
 
+def _import_db_uri(keyset: SecureBootKeys, key: pkcs11.Pkcs11Key, cert: Path,
+                   hsm: Sandbox | None, runner: Runner) -> None:
+    """Record a db key held in an HSM (db.uri), after proving with the token that it is the
+    key of `cert`: a challenge signed there verifies with the certificate's public key."""
+    if hsm is None:
+        raise ConfigError("a PKCS#11 key needs the tools tree (OpenSSL's pkcs11 provider)",
+                          field=Option("db_key"))
+    if not cert.is_file():
+        raise ConfigError("no such file", file=str(cert), field=Option("db_cert"))
+    rw, ro = pkcs11.sandbox_paths(key)
+    with tempfile.TemporaryDirectory(prefix="appsdk-hsm-") as tmp:
+        work = Path(tmp)
+        shutil.copyfile(cert, work / "db.crt")
+        (work / "challenge").write_bytes(os.urandom(32))
+        conf = pkcs11.write_openssl_conf(work)
+        box = Sandbox(hsm.tree, binds=(work, *rw), ro_binds=ro)
+        steps = (
+            ["openssl", "x509", "-noout", "-pubkey", "-in", f"{work}/db.crt",
+             "-out", f"{work}/db.pub"],
+            ["openssl", "dgst", "-sha256", "-sign", key.uri, "-out", f"{work}/challenge.sig",
+             f"{work}/challenge"],
+            ["openssl", "dgst", "-sha256", "-verify", f"{work}/db.pub", "-signature",
+             f"{work}/challenge.sig", f"{work}/challenge"],
+        )
+        for step, what in zip(steps, ("read the certificate", "sign with the key in the HSM",
+                                      "verify that signature with the certificate"), strict=True):
+            try:
+                box.run(runner, step, env={"OPENSSL_CONF": str(conf)}, timeout=120)
+            except CommandFailed as exc:
+                mismatch = what.startswith("verify")
+                raise ConfigError(
+                    "the certificate is not for this key" if mismatch else
+                    f"cannot {what} ({key.redacted}):\n"
+                    f"{exc.stderr.strip() or f'openssl exited with status {exc.returncode}'}",
+                    file=str(cert) if mismatch or what.startswith("read") else None,
+                    field=Option("db_cert" if mismatch else "db_key"),
+                    hint="give the certificate of --db-key" if mismatch else
+                    "check the URI, the token's PIN and that the token is present "
+                    f"(${pkcs11.BIND_ENV} lists what its module needs)") from None
+    shutil.copyfile(cert, keyset.db_cert)
+    fd = os.open(keyset.db_uri, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # may hold a PIN
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(key.uri + "\n")
+
+
 def write_enrollment(keyset: SecureBootKeys, app_id: str, runner: Runner,
                      when: dt.datetime | None = None) -> None:
     """PK.auth (signed by PK itself), KEK.auth (by PK) and db.auth (by KEK)."""
@@ -189,7 +252,11 @@ def load(directory: Path) -> SecureBootKeys:
         raise ConfigError("no Secure Boot key set", file=str(directory),
                           hint="create one with `appsdk keys secure-boot`",
                           remedy=Option("secure_boot_keys"))
-    missing = [p.name for p in (keyset.db_key, keyset.db_cert,
+    if keyset.db_key.exists() and keyset.db_uri.exists():
+        raise ConfigError("the key set has both db.key and db.uri: which db key signs?",
+                          file=str(directory), hint="remove the one that is not the db key")
+    db = keyset.db_uri if keyset.db_uri.exists() else keyset.db_key
+    missing = [p.name for p in (db, keyset.db_cert,
                                 *(keyset.auth(r) for r in ROLES)) if not p.is_file()]
     if missing:
         raise ConfigError(f"Secure Boot key set incomplete: no {', '.join(missing)}",
@@ -199,6 +266,10 @@ def load(directory: Path) -> SecureBootKeys:
         keyset.db_fingerprint()
     except (ValueError, UnicodeDecodeError):
         raise ConfigError("is not a PEM certificate", file=str(keyset.db_cert)) from None
+    try:
+        keyset.db_signer()
+    except UnicodeDecodeError:
+        raise ConfigError("is not UTF-8", file=str(keyset.db_uri)) from None
     for role in ROLES:
         try:
             _, _, data = efivar.parse_authenticated(keyset.auth(role).read_bytes())
