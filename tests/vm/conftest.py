@@ -11,10 +11,10 @@ import pytest
 
 import appsdk
 from appsdk.core.runner import Runner
-from appsdk.trust import keys
+from appsdk.trust import keys, secureboot
 
 sys.path.insert(0, str(Path(__file__).parent))
-from vmlib import build_hello, free_port
+from vmlib import build_hello, free_port, signed_hello
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -51,12 +51,27 @@ def update_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def hello_v1(root_required: None, tmp_path_factory: pytest.TempPathFactory,
-             signing_key: keys.SigningKey, update_port: int) -> appsdk.BuildResult:
-    return build_hello("1.0", tmp_path_factory.mktemp("hello-x86-v1"), signing_key, update_port)
+def sb_keyset(tmp_path_factory: pytest.TempPathFactory) -> secureboot.SecureBootKeys:
+    """The Secure Boot key set the shared x86 images are signed with."""
+    return secureboot.generate(tmp_path_factory.mktemp("sb-keys") / "secure-boot",
+                               "Hello appliance", "hello", Runner())
 
 
 @pytest.fixture(scope="session")
-def hello_v2(root_required: None, tmp_path_factory: pytest.TempPathFactory,
+def hello_app(tmp_path_factory: pytest.TempPathFactory,
+              sb_keyset: secureboot.SecureBootKeys) -> Path:
+    return signed_hello(tmp_path_factory.mktemp("hello-src") / "hello", sb_keyset)
+
+
+@pytest.fixture(scope="session")
+def hello_v1(root_required: None, tmp_path_factory: pytest.TempPathFactory, hello_app: Path,
              signing_key: keys.SigningKey, update_port: int) -> appsdk.BuildResult:
-    return build_hello("2.0", tmp_path_factory.mktemp("hello-x86-v2"), signing_key, update_port)
+    return build_hello(hello_app, "1.0", tmp_path_factory.mktemp("hello-x86-v1"), signing_key,
+                       update_port)
+
+
+@pytest.fixture(scope="session")
+def hello_v2(root_required: None, tmp_path_factory: pytest.TempPathFactory, hello_app: Path,
+             signing_key: keys.SigningKey, update_port: int) -> appsdk.BuildResult:
+    return build_hello(hello_app, "2.0", tmp_path_factory.mktemp("hello-x86-v2"), signing_key,
+                       update_port)

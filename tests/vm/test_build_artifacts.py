@@ -32,8 +32,12 @@ def test_build_json_describes_artifacts(hello_v1: appsdk.BuildResult) -> None:
         path = hello_v1.output / entry["file"]
         assert path.stat().st_size == entry["size"]
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
+    # Signed for Secure Boot (vmlib.signed_hello): the key set rides along, never enrolled.
     assert record["esp_files"] == ["EFI/BOOT/BOOTX64.EFI", "EFI/Linux/hello_1.0.efi",
-                                   "EFI/systemd/systemd-bootx64.efi", "loader/loader.conf"]
+                                   "EFI/systemd/systemd-bootx64.efi", "loader/keys/auto/KEK.auth",
+                                   "loader/keys/auto/PK.auth", "loader/keys/auto/db.auth",
+                                   "loader/loader.conf"]
+    assert record["secure_boot"]["enroll"] == "off"
     assert record["tools"]["systemd"].startswith("systemd 257")
     assert not (hello_v1.output / ".work").exists()
 
@@ -116,9 +120,9 @@ def test_bmaptool_copies_with_our_bmap(hello_v1: appsdk.BuildResult, tmp_path: P
 
 
 def test_same_inputs_same_bytes_and_overlay_change_reuses_cache(
-        hello_v1: appsdk.BuildResult, tmp_path: Path, signing_key: keys.SigningKey,
-        update_port: int) -> None:
-    again = build_hello("1.0", tmp_path / "again", signing_key, update_port)
+        hello_v1: appsdk.BuildResult, hello_app: Path, tmp_path: Path,
+        signing_key: keys.SigningKey, update_port: int) -> None:
+    again = build_hello(hello_app, "1.0", tmp_path / "again", signing_key, update_port)
     for kind in ("image", "uki", "usr", "verity", "bmap", "update-usr", "update-uki", "sums"):
         assert again.artifacts[kind].sha256 == hello_v1.artifacts[kind].sha256, kind
 

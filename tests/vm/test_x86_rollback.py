@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 import yaml
-from vmlib import REPO, disk_copy, ovmf_vars, sysupdate_update, vm_boot, watch_boot
+from vmlib import SB_EMULATOR, disk_copy, sb_vars, sysupdate_update, vm_boot, watch_boot
 
 import appsdk
 from appsdk.core.runner import Runner
-from appsdk.trust import keys
+from appsdk.trust import keys, secureboot
 from appsdk.update.release import release
 from appsdk.update.serve import serve_in_thread
 
@@ -73,9 +73,10 @@ WantedBy=multi-user.target
 """
 
 
-def bad_v2(tmp: Path) -> Path:
+def bad_v2(tmp: Path, base: Path) -> Path:
+    """A v2 of `base` (hello, signed for Secure Boot) that fails each of its boot tries."""
     app = tmp / "bad-v2"
-    shutil.copytree(REPO / "examples/hello", app, ignore=shutil.ignore_patterns("build"))
+    shutil.copytree(base, app, ignore=shutil.ignore_patterns("build"))
     config = yaml.safe_load((app / "appliance.yaml").read_text())
     config["kernel"]["cmdline"] = "panic=0"
     config["services"] = [*config["services"], "test-block.service"]
@@ -95,26 +96,30 @@ def bad_v2(tmp: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def rollback(hello_v1: appsdk.BuildResult, signing_key: keys.SigningKey, update_port: int,
+def rollback(hello_v1: appsdk.BuildResult, hello_app: Path, signing_key: keys.SigningKey,
+             sb_keyset: secureboot.SecureBootKeys, update_port: int,
              tmp_path_factory: pytest.TempPathFactory, vm_logs: Path) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("rollback")
-    bad = appsdk.build(bad_v2(tmp), board="x86-uefi", version="2.0", output=tmp / "build",
+    bad = appsdk.build(bad_v2(tmp, hello_app), board="x86-uefi", version="2.0",
+                       output=tmp / "build",
                        key_dir=signing_key.home, update_url=f"http://10.0.2.2:{update_port}/")
     srv = tmp / "srv"
     release(srv, [hello_v1.output, bad.output], signing_key, Runner())
     httpd = serve_in_thread(srv, port=update_port)
     try:
-        return run(hello_v1, tmp, vm_logs)
+        return run(hello_v1, sb_keyset, tmp, vm_logs)
     finally:
         httpd.shutdown()
 
 
-def run(v1: appsdk.BuildResult, tmp: Path, logs: Path) -> dict[str, Any]:
+def run(v1: appsdk.BuildResult, keyset: secureboot.SecureBootKeys, tmp: Path,
+        logs: Path) -> dict[str, Any]:
     disk = disk_copy(v1.image, tmp / "disk.img", 6 * GiB)
-    vars_fd = ovmf_vars(tmp)
+    # Under Secure Boot (the firmware checks v1 and every try of the signed bad v2).
+    vars_fd = sb_vars(tmp, keyset)
     result: dict[str, Any] = {"boots": [], "consoles": []}
     timings: list[dict[str, Any]] = []
-    with vm_boot(disk, vars_fd, logs, "rollback-0") as vm:
+    with vm_boot(disk, vars_fd, logs, "rollback-0", emulator=SB_EMULATOR) as vm:
         vm.shell.expect(V1_UP, 300)
         vm.shell.login()
         vm.shell.run("/usr/lib/systemd/systemd-networkd-wait-online --timeout=90", timeout=120)
@@ -126,7 +131,7 @@ def run(v1: appsdk.BuildResult, tmp: Path, logs: Path) -> dict[str, Any]:
     for attempt in range(1, 9):
         started = time.monotonic()
         name = f"rollback-{attempt}"
-        with vm_boot(disk, vars_fd, logs, name) as vm:
+        with vm_boot(disk, vars_fd, logs, name, emulator=SB_EMULATOR) as vm:
             version, outcome = watch_boot(vm, V1_UP, timeout=900)
             if outcome == "early-panic":
                 # QEMU 7.2's TCG race (FIELD-NOTES), before the initrd: on a trial boot of
@@ -165,6 +170,11 @@ def test_bad_update_uses_its_tries_then_v1_runs(rollback: dict[str, Any]) -> Non
     assert status["installed"] == ["1.0", "2.0"]
     assert sorted(rollback["esp"]) == ["hello_1.0.efi", f"hello_2.0+0-{TRIES}.efi"]
     assert "used up its boot tries" in rollback["journal"]
+
+
+def test_every_try_and_the_fallback_ran_under_secure_boot(rollback: dict[str, Any]) -> None:
+    for console in rollback["consoles"]:
+        assert "EFI stub: UEFI Secure Boot is enabled." in console
 
 
 # Per try: the mode v2 chose, what its console must show, and what it must not. The last

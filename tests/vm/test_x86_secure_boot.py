@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vmlib import REPO, disk_copy, esp_extent, ovmf_vars, vm_boot
+from vmlib import REPO, SB_EMULATOR, disk_copy, efi_global, esp_extent, ovmf_vars, vm_boot
 
 import appsdk
 from appsdk.core.progress import NullReporter
@@ -30,15 +30,9 @@ from appsdk.pipeline.tools import ToolsTree, cached_tools, ensure_tools
 from appsdk.trust import keys, pkcs11, secureboot
 
 GiB = 1024**3
-SB = "q35-ovmf-sb"
+SB = SB_EMULATOR
 V1_UP = r"appsdk: IMAGE_ID=hello IMAGE_VERSION=1\.0 booted"
 ENROLLED = "Custom Secure Boot keys successfully enrolled, rebooting the system now!"
-EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
-
-
-def efivar(shell: Any, name: str) -> str:
-    # efivarfs files cannot seek: read through a pipe; 4 attribute bytes, then the value.
-    return str(shell.output(f"cat /sys/firmware/efi/efivars/{name}-{EFI_GLOBAL} | od -An -tx1"))
 
 
 def esp_put(disk: Path, source: Path, name: str) -> None:
@@ -66,9 +60,9 @@ def refused_then_v1(disk: Path, vars_fd: Path, logs: Path, name: str, entry: str
         facts["bless"] = vm.shell.output("journalctl -b -u systemd-bless-boot.service -o cat "
                                          "--no-pager | tail -5")
         facts["esp"] = sorted(vm.shell.output("ls /efi/EFI/Linux").split())
-        facts["secureboot"] = efivar(vm.shell, "SecureBoot")
+        facts["secureboot"] = efi_global(vm.shell, "SecureBoot")
         if state:
-            facts["setupmode"] = efivar(vm.shell, "SetupMode")
+            facts["setupmode"] = efi_global(vm.shell, "SetupMode")
             facts["bootctl"] = vm.shell.output("bootctl status --no-pager 2>/dev/null | "
                                                "grep -i 'secure boot'")
             facts["lockdown"] = vm.shell.output("cat /sys/kernel/security/lockdown")

@@ -13,13 +13,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vmlib import TRANSFER_TIMEOUT, disk_copy, ovmf_vars, sysupdate_update, vm_boot
+from vmlib import (
+    SB_EMULATOR,
+    TRANSFER_TIMEOUT,
+    disk_copy,
+    efi_global,
+    ovmf_vars,
+    sb_vars,
+    sysupdate_update,
+    vm_boot,
+)
 
 import appsdk
 from appsdk.contract.updatefiles import SUMS, sha256sums
 from appsdk.core.runner import Runner
 from appsdk.pipeline.tools import ensure_tools
-from appsdk.trust import keys
+from appsdk.trust import keys, secureboot
 from appsdk.update.release import release
 from appsdk.update.serve import serve_in_thread
 
@@ -100,13 +109,16 @@ def device_state(sh) -> dict[str, object]:  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def update_run(hello_v1: appsdk.BuildResult, releases: dict[str, Path], server: Publisher,
-               tmp_path_factory: pytest.TempPathFactory, vm_logs: Path) -> dict[str, object]:
+               sb_keyset: secureboot.SecureBootKeys, tmp_path_factory: pytest.TempPathFactory,
+               vm_logs: Path) -> dict[str, object]:
     work = tmp_path_factory.mktemp("x86-update")
     disk = disk_copy(hello_v1.image, work / "disk.img", 6 * GiB)
-    vars_fd = ovmf_vars(work)
+    # Under Secure Boot: OVMF's secboot build, started from a store with the key set the
+    # images are signed with, checks systemd-boot and every UKI, v2's as sysupdate put it.
+    vars_fd = sb_vars(work, sb_keyset)
     facts: dict[str, object] = {"attempts": {}}
 
-    with vm_boot(disk, vars_fd, vm_logs, "x86-update-v1") as vm:
+    with vm_boot(disk, vars_fd, vm_logs, "x86-update-v1", emulator=SB_EMULATOR) as vm:
         sh = vm.shell
         sh.expect(r"appsdk: IMAGE_ID=hello IMAGE_VERSION=1.0 booted", 300)
         sh.login()
@@ -136,11 +148,13 @@ def update_run(hello_v1: appsdk.BuildResult, releases: dict[str, Path], server: 
         sh.send("sync; systemctl poweroff")
         vm.wait_exit(120)
 
-    with vm_boot(disk, vars_fd, vm_logs, "x86-update-v2") as vm:
+    with vm_boot(disk, vars_fd, vm_logs, "x86-update-v2", emulator=SB_EMULATOR) as vm:
         sh = vm.shell
         facts["banner2"] = sh.expect(r"appsdk: IMAGE_ID=(\S+) IMAGE_VERSION=(\S+) booted",
                                      300).groups()
         sh.login()
+        facts["secureboot2"] = efi_global(sh, "SecureBoot")
+        facts["console2"] = vm.console_log.read_text(errors="replace")
         facts["token2"] = sh.output("cat /var/lib/appsdk-test-token")
         # systemd-bless-boot renames the UKI once boot-complete.target is reached.
         facts["esp2"] = sh.output(
@@ -152,7 +166,7 @@ def update_run(hello_v1: appsdk.BuildResult, releases: dict[str, Path], server: 
         vm.wait_exit(120)
 
     # A blessed v2 stays the default on later boots.
-    with vm_boot(disk, vars_fd, vm_logs, "x86-update-v2-again") as vm:
+    with vm_boot(disk, vars_fd, vm_logs, "x86-update-v2-again", emulator=SB_EMULATOR) as vm:
         sh = vm.shell
         facts["banner3"] = sh.expect(r"appsdk: IMAGE_ID=(\S+) IMAGE_VERSION=(\S+) booted",
                                      300).groups()
@@ -204,6 +218,16 @@ def test_device_runs_v2_after_reboot_with_v1_as_fallback(update_run: dict[str, o
     # Blessed on its first good boot; v1 stays installed as the fallback.
     assert sorted(update_run["esp2"]) == ["hello_1.0.efi", "hello_2.0.efi"]
     assert "1.0" in str(update_run["list_v2"]) and "2.0" in str(update_run["list_v2"])
+
+
+def test_the_signed_v2_installed_by_sysupdate_boots_under_secure_boot(
+        update_run: dict[str, object]) -> None:
+    assert update_run["banner2"] == ("hello", "2.0")
+    assert update_run["secureboot2"] == "01"
+    console = str(update_run["console2"])
+    assert "EFI stub: UEFI Secure Boot is enabled." in console
+    assert "systemd.verity_usr_data=/dev/disk/by-partlabel/usr_2.0" in console
+    assert "Loaded X.509 cert 'Hello appliance Secure Boot db" in console
 
 
 def test_blessed_v2_stays_default(update_run: dict[str, object]) -> None:
