@@ -20,9 +20,12 @@ def test_all_profiles_load() -> None:
     assert boards["rpi5"].efi_arch == "aa64"
     # Emulated stand-ins, first is the default; each names the UART Linux sees there.
     rpi4 = boards["rpi4"]
-    assert [e.name for e in rpi4.emulators] == ["virt-uboot", "virt-edk2"]
+    assert [e.name for e in rpi4.emulators] == ["virt-uboot", "virt-edk2", "virt-edk2-sb"]
     assert rpi4.emulator_named(None).bios == "u-boot-qemu:qemu_arm64/u-boot.bin"
     assert rpi4.emulator_named("virt-edk2").firmware_code == ("qemu-efi-aarch64:AAVMF_CODE.fd",)
+    # Debian's AAVMF_CODE.fd is the build without Secure Boot; the secboot one enforces it.
+    assert rpi4.emulator_named("virt-edk2-sb").firmware_code == (
+        "qemu-efi-aarch64:AAVMF_CODE.secboot.fd",)
     assert {e.console for e in rpi4.emulators} == {"ttyAMA0"}
     with pytest.raises(ConfigError, match="no emulator 'raspi4b'"):
         rpi4.emulator_named("raspi4b")

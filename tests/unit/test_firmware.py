@@ -65,6 +65,21 @@ def test_offline_directory_is_verified_and_unpacked(tmp_path: Path, cache: Path)
     assert fetch(["fw"], offline=deb.parent, manifests={"fw": m})["fw"] == out
 
 
+def test_a_file_added_to_a_manifest_is_unpacked_from_the_cached_package(
+        tmp_path: Path, cache: Path) -> None:
+    """A manifest that names one more file of the same package (as qemu-efi-aarch64 gained
+    AAVMF_CODE.secboot.fd) must not find an old unpacked cache 'complete' without it."""
+    deb = build_deb(tmp_path, "fw", {"usr/lib/fw/start.elf": ELF.read_bytes(),
+                                     "usr/lib/fw/cfg.dat": b"cfg",
+                                     "usr/lib/fw/more.dat": b"more"})
+    path = manifest(tmp_path, "fw", deb)
+    out = fetch(["fw"], offline=deb.parent, manifests={"fw": load_manifest(path)})["fw"]
+    assert not (out / "more.dat").exists()
+    path.write_text(path.read_text().replace("\nelf:", "\n  more.dat: usr/lib/fw/more.dat\nelf:"))
+    again = fetch(["fw"], offline=deb.parent, manifests={"fw": load_manifest(path)})["fw"]
+    assert (again / "more.dat").read_bytes() == b"more"
+
+
 def test_sha256_mismatch_is_refused_with_both_hashes(tmp_path: Path, cache: Path) -> None:
     deb = build_deb(tmp_path, "fw", {"usr/lib/fw/start.elf": ELF.read_bytes(),
                                      "usr/lib/fw/cfg.dat": b"cfg"})

@@ -3,8 +3,9 @@ by both firmware chains' stand-ins: U-Boot qemu_arm64 of the version the Pi prof
 and EDK2 (AAVMF), on one disk. Under U-Boot v1 installs a good v2 that confirms itself,
 then a v3 whose health check fails; under EDK2 v3 gets its one try (boot.tries: 1) and
 systemd-boot falls back to v2 by itself. That needs the firmware to rename the UKI (boot
-counting): v2's boot proves it of U-Boot, v3's of EDK2. Everything is read off the
-device's console.
+counting): v2's boot proves it of U-Boot, v3's of EDK2. The images are signed for Secure
+Boot and EDK2 runs with the key set enrolled: Secure Boot is enforced on both EDK2 boots.
+Everything is read off the device's console.
 
 arm64 under TCG is several times slower than x86: one image set, five boots in all."""
 
@@ -20,14 +21,14 @@ from typing import Any
 
 import pytest
 import yaml
-from vmlib import REPO, disk_copy, sysupdate_update, vm_boot, watch_boot
+from vmlib import disk_copy, efi_global, esp_put, sysupdate_update, tampered, vm_boot, watch_boot
 
 import appsdk
 from appsdk.core.progress import TextReporter
 from appsdk.core.runner import Runner
-from appsdk.emulate.qemu import firmware_vars
+from appsdk.emulate.qemu import firmware_vars, first_existing
 from appsdk.spec.boards import load_board
-from appsdk.trust import keys
+from appsdk.trust import keys, secureboot
 from appsdk.update.release import release
 from appsdk.update.serve import serve_in_thread
 
@@ -37,7 +38,7 @@ UP = r"appsdk: IMAGE_ID=hello IMAGE_VERSION=(\S+) booted"
 BOOT_TIMEOUT = 1200  # s; arm64 under TCG, firmware included
 # Which firmware ran, as systemd-boot reports it to the OS (the firmware's own banner is
 # printed before the test's serial connection exists).
-FIRMWARE_VENDOR = {"virt-uboot": "Das U-Boot", "virt-edk2": "EDK II"}
+FIRMWARE_VENDOR = {"virt-uboot": "Das U-Boot", "virt-edk2-sb": "EDK II"}
 
 
 def efivar(shell: Any, name: str) -> str:
@@ -47,9 +48,10 @@ def efivar(shell: Any, name: str) -> str:
                             "| tail -c +5 | tr -d '\\000'"))
 
 
-def variant(tmp: Path, version: str, failing: bool) -> Path:
+def variant(tmp: Path, base: Path, version: str, failing: bool) -> Path:
+    """`base` (hello, signed for Secure Boot, never enrolling) for the rpi4 board."""
     app = tmp / f"hello-rpi4-{version}"
-    shutil.copytree(REPO / "examples/hello", app, ignore=shutil.ignore_patterns("build"))
+    shutil.copytree(base, app, ignore=shutil.ignore_patterns("build"))
     config = yaml.safe_load((app / "appliance.yaml").read_text())
     config["board"] = "rpi4"
     # virt's UART is a PL011 (ttyAMA0); the Pi's console (board data) stays on the cmdline.
@@ -62,13 +64,15 @@ def variant(tmp: Path, version: str, failing: bool) -> Path:
 
 
 @pytest.fixture(scope="module")
-def rpi4_builds(root_required: None, signing_key: keys.SigningKey, update_port: int,
+def rpi4_builds(root_required: None, hello_app: Path, signing_key: keys.SigningKey,
+                update_port: int,
                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, appsdk.BuildResult]:
     tmp = tmp_path_factory.mktemp("rpi4")
     builds = {}
     for version, failing in (("1.0", False), ("2.0", False), ("3.0", True)):
         builds[version] = appsdk.build(
-            variant(tmp, version, failing), version=version, output=tmp / f"build-{version}",
+            variant(tmp, hello_app, version, failing), version=version,
+            output=tmp / f"build-{version}",
             reporter=TextReporter(__import__("sys").stderr), key_dir=signing_key.home,
             update_url=f"http://10.0.2.2:{update_port}/")
     return builds
@@ -98,11 +102,12 @@ def boot_facts(shell: Any) -> dict[str, Any]:
     }
 
 
-def run_story(builds: dict[str, appsdk.BuildResult], key: keys.SigningKey, srv: Path,
-              tmp: Path, logs: Path) -> dict[str, Any]:
+def run_story(builds: dict[str, appsdk.BuildResult], key: keys.SigningKey,
+              keyset: secureboot.SecureBootKeys, srv: Path, tmp: Path,
+              logs: Path) -> dict[str, Any]:
     """One device, both firmware chains. Under U-Boot: boot v1, install v2, boot v2
-    (blessed), install the bad v3. Then the same disk under EDK2: v3 gets its one try,
-    resets, and systemd-boot falls back to v2."""
+    (blessed), install the bad v3. Then the same disk under EDK2 with Secure Boot on: v3
+    gets its one try, resets, and systemd-boot falls back to v2."""
     disk = disk_copy(builds["1.0"].image, tmp / "disk.img", 6 * GiB)
     board = load_board("rpi4")
     facts: dict[str, Any] = {"boots": [], "seconds": []}
@@ -146,11 +151,22 @@ def run_story(builds: dict[str, appsdk.BuildResult], key: keys.SigningKey, srv: 
         facts["v2"]["status"] = json.loads(vm.shell.output("appsdk-status --json"))
         update(vm, "update_v3", ["1.0", "2.0", "3.0"])
 
-    # Now under EDK2: v3 fails its health check on its only try, the device reboots, and
-    # systemd-boot, seeing no tries left, boots v2 without being told.
+    # Now under EDK2, with the appliance's key set enrolled and Secure Boot on (AAVMF's
+    # store prepared by `appsdk keys vars`' code): v3 fails its health check on its only
+    # try, the device reboots, and systemd-boot, seeing no tries left, boots v2 without
+    # being told. AAVMF checks systemd-boot and both UKIs, all signed by the build.
+    edk2 = board.emulator_named("virt-edk2-sb")
+    secureboot.write_vars(keyset, "hello", first_existing(edk2.firmware_vars,
+                                                          "UEFI variable store", board),
+                          tmp / f"{board.name}-{edk2.name}-efivars.fd", Runner())
+    # And an attacker's UKI, v2's with one byte changed, as the newest entry with one try:
+    # AAVMF refuses it (systemd-boot counted the try first), and in the same power-on
+    # systemd-boot runs again and starts v3's try.
+    esp_put(disk, tampered(builds["2.0"].artifacts["uki"].path, tmp / "tampered.efi"),
+            "hello_9.0+1.efi")
     for attempt in range(1, 4):
         started = time.monotonic()
-        with boot("virt-edk2", f"after-v3-{attempt}") as vm:
+        with boot("virt-edk2-sb", f"after-v3-{attempt}") as vm:
             version, outcome = watch_boot(
                 vm, r"appsdk: IMAGE_ID=hello IMAGE_VERSION=2\.0 booted", timeout=BOOT_TIMEOUT)
             facts["boots"].append(f"{version}:{outcome}")
@@ -159,10 +175,12 @@ def run_story(builds: dict[str, appsdk.BuildResult], key: keys.SigningKey, srv: 
                 vm.shell.login()
                 facts["rolled_back"] = boot_facts(vm.shell)
                 facts["rolled_back"]["esp"] = vm.shell.output("ls /efi/EFI/Linux").split()
+                facts["rolled_back"]["secureboot"] = efi_global(vm.shell, "SecureBoot")
                 vm.shell.send("systemctl poweroff")
                 vm.wait_exit(300)
                 break
             vm.wait_exit(60)
+        facts.setdefault("edk2_consoles", []).append(vm.console_log.read_text(errors="replace"))
     # Figures for the notes, never asserted.
     (logs / "rpi4.json").write_text(json.dumps(facts["seconds"]) + "\n")
     return facts
@@ -173,8 +191,9 @@ def run_story(builds: dict[str, appsdk.BuildResult], key: keys.SigningKey, srv: 
 # v3's counted try and the fallback (arm64 boots are expensive: five in all).
 def test_rpi4_image_updates_and_rolls_back(
         rpi4_builds: dict[str, appsdk.BuildResult], signing_key: keys.SigningKey,
-        rpi4_server: Path, tmp_path: Path, vm_logs: Path) -> None:
-    facts = run_story(rpi4_builds, signing_key, rpi4_server, tmp_path, vm_logs)
+        sb_keyset: secureboot.SecureBootKeys, rpi4_server: Path, tmp_path: Path,
+        vm_logs: Path) -> None:
+    facts = run_story(rpi4_builds, signing_key, sb_keyset, rpi4_server, tmp_path, vm_logs)
     v1, v2, back = facts["v1"], facts["v2"], facts["rolled_back"]
     assert v1["arch"] == "aarch64"
     assert FIRMWARE_VENDOR["virt-uboot"] in v1["firmware"], v1["firmware"]
@@ -190,12 +209,25 @@ def test_rpi4_image_updates_and_rolls_back(
     assert facts["boots"][:2] == ["1.0", "2.0"], facts["boots"]
     assert facts["update_v3"]["status"] == 0, facts["update_v3"]["output"]
     assert facts["boots"][2:] == ["3.0:reset", "2.0:up"], facts["boots"]
-    assert FIRMWARE_VENDOR["virt-edk2"] in back["firmware"], back["firmware"]
+    assert FIRMWARE_VENDOR["virt-edk2-sb"] in back["firmware"], back["firmware"]
     assert back["status"]["running"] == "2.0" and back["status"]["failed"] == ["3.0"]
     # v3's file went from +1-0 to +0-1 at its boot: only systemd-boot renames it then,
     # through EDK2's file system (bless-boot in Linux never ran for v3).
-    assert sorted(back["esp"]) == ["hello_2.0.efi", "hello_3.0+0-1.efi"], back["esp"]
+    assert sorted(back["esp"]) == ["hello_2.0.efi", "hello_3.0+0-1.efi",
+                                   "hello_9.0+0-1.efi"], back["esp"]
     assert back["count_path"] == "", back["count_path"]  # a blessed entry has no counter
+    # Under EDK2 with the key set enrolled, Secure Boot was enforced on v3's try and on v2:
+    # the signed chain from AAVMF to /usr. (U-Boot booted the same signed binaries and
+    # checked nothing: its UEFI loader is built without signature checks.)
+    assert back["secureboot"] == "01", back["secureboot"]
+    for console in facts["edk2_consoles"]:
+        assert "EFI stub: UEFI Secure Boot is enabled." in console
+    # The tampered UKI was refused by the firmware before any kernel ran, then v3 booted.
+    first = facts["edk2_consoles"][0]
+    refusal = r"Error loading \EFI\Linux\hello_9.0+0-1.efi: Access denied"
+    assert refusal in first, first[-3000:]
+    assert first.index(refusal) < first.index("Linux version")
+    assert "systemd.verity_usr_data=/dev/disk/by-partlabel/usr_3.0" in first
 
 
 def test_rpi4_image_carries_the_uboot_chain(rpi4_builds: dict[str, appsdk.BuildResult]) -> None:
@@ -211,7 +243,12 @@ def test_rpi4_image_carries_the_uboot_chain(rpi4_builds: dict[str, appsdk.BuildR
     assert files == {"EFI/BOOT/BOOTAA64.EFI", "EFI/systemd/systemd-bootaa64.efi",
                      "EFI/Linux/hello_1.0.efi", "loader/loader.conf", "config.txt",
                      "appsdk-firmware.txt", "start4.elf", "fixup4.dat", "u-boot.bin",
-                     "bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb", "bcm2711-rpi-cm4.dtb"}
+                     "bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb", "bcm2711-rpi-cm4.dtb",
+                     # signed for Secure Boot: the key set rides along, never enrolled here
+                     "loader/keys/auto/PK.auth", "loader/keys/auto/KEK.auth",
+                     "loader/keys/auto/db.auth"}
+    assert info["secure_boot"]["signed"]["EFI/Linux/hello_1.0.efi"] == [
+        "CN = Hello appliance Secure Boot db"]
     manifests = load_manifests()
     assert info["firmware"] == {n: {"version": manifests[n].version,
                                     "sha256": manifests[n].sha256}

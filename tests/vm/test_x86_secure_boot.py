@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vmlib import REPO, SB_EMULATOR, disk_copy, efi_global, esp_extent, ovmf_vars, vm_boot
+from vmlib import REPO, SB_EMULATOR, disk_copy, efi_global, esp_put, ovmf_vars, tampered, vm_boot
 
 import appsdk
 from appsdk.core.progress import NullReporter
@@ -33,13 +33,6 @@ GiB = 1024**3
 SB = SB_EMULATOR
 V1_UP = r"appsdk: IMAGE_ID=hello IMAGE_VERSION=1\.0 booted"
 ENROLLED = "Custom Secure Boot keys successfully enrolled, rebooting the system now!"
-
-
-def esp_put(disk: Path, source: Path, name: str) -> None:
-    """Write a file into the ESP's EFI/Linux of a disk that is not running (mtools)."""
-    offset, _ = esp_extent(disk)
-    subprocess.run(["mcopy", "-o", "-i", f"{disk}@@{offset}", str(source),
-                    f"::EFI/Linux/{name}"], check=True)
 
 
 def refused_then_v1(disk: Path, vars_fd: Path, logs: Path, name: str, entry: str,
@@ -150,10 +143,7 @@ def secure_boot_scenarios(signing_key: keys.SigningKey, update_port: int,
 
     # The two UKIs the firmware must refuse: one byte of the signed UKI changed (in the
     # middle: the kernel), and the same UKI with its signature replaced by another key's.
-    tampered = tmp / "tampered.efi"
-    data = bytearray(uki.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    tampered.write_bytes(bytes(data))
+    bad_uki = tampered(uki, tmp / "tampered.efi")
     tools = cached_tools()
     assert tools is not None  # the build made it
     stripped = tmp / "stripped" / "unsigned.efi"
@@ -183,7 +173,7 @@ def secure_boot_scenarios(signing_key: keys.SigningKey, update_port: int,
     # the newest entry with one boot try (as an update would install it): refused by the
     # firmware, then v1 boots in the same power-on. (The boot with the tampered UKI is also
     # the one whose Secure Boot state is read: one boot fewer.)
-    esp_put(disk, tampered, "hello_9.0+1.efi")
+    esp_put(disk, bad_uki, "hello_9.0+1.efi")
     facts["tampered"] = refused_then_v1(disk, vars_fd, vm_logs, "sb-tampered",
                                         "hello_9.0+1.efi", state=True)
     # The UKI signed by another key, on a second machine that starts from a variable store

@@ -252,8 +252,23 @@ def sb_vars(directory: Path, keyset: SecureBootKeys) -> Path:
 def efi_global(shell: Shell, name: str) -> str:
     """The value of a global EFI variable as hex bytes (SecureBoot: "01" when enforced).
     efivarfs files cannot seek: read through a pipe; 4 attribute bytes come first."""
-    return " ".join(shell.output(f"cat /sys/firmware/efi/efivars/{name}-{EFI_GLOBAL} | "
-                                 "od -An -tx1").split()[4:])
+    return " ".join(shell.output(f"cat /sys/firmware/efi/efivars/{name}-{EFI_GLOBAL} "
+                                 "2>/dev/null | od -An -tx1").split()[4:])  # "": no such var
+
+
+def esp_put(disk: Path, source: Path, name: str) -> None:
+    """Write a file into the ESP's EFI/Linux of a disk that is not running (mtools)."""
+    offset, _ = esp_extent(disk)
+    subprocess.run(["mcopy", "-o", "-i", f"{disk}@@{offset}", str(source),
+                    f"::EFI/Linux/{name}"], check=True)
+
+
+def tampered(uki: Path, out: Path) -> Path:
+    """A copy of `uki` with one byte changed, in the middle (the kernel or the initrd)."""
+    data = bytearray(uki.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    out.write_bytes(bytes(data))
+    return out
 
 
 def build_hello(app: Path, version: str, out: Path, key: keys.SigningKey,

@@ -202,7 +202,9 @@ def fetch(names: list[str] | None = None, runner: Runner | None = None,
                               hint="known: " + ", ".join(sorted(manifests)))
         m = manifests[name]
         unpacked = cache_root() / "firmware" / m.sha256 / "files"
-        if not (unpacked / ".complete").exists():
+        # A manifest that gained a file since the cache was unpacked: unpack again.
+        if not (unpacked / ".complete").exists() or any(
+                not (unpacked / file).is_file() for file, _ in m.files):
             deb = fetch_package(m, mirror, offline)
             shutil.rmtree(unpacked, ignore_errors=True)
             extract(m, deb, unpacked, runner)
