@@ -159,9 +159,9 @@ def run_story(builds: dict[str, appsdk.BuildResult], key: keys.SigningKey,
     secureboot.write_vars(keyset, "hello", first_existing(edk2.firmware_vars,
                                                           "UEFI variable store", board),
                           tmp / f"{board.name}-{edk2.name}-efivars.fd", Runner())
-    # And an attacker's UKI, v2's with one byte changed, as the newest entry with one try:
-    # AAVMF refuses it (systemd-boot counted the try first), and in the same power-on
-    # systemd-boot runs again and starts v3's try.
+    # And an attacker's UKI, v2's with one byte changed, with one try: AAVMF refuses it
+    # (systemd-boot counted the try first), and in the same power-on systemd-boot runs
+    # again and boots the next entry.
     esp_put(disk, tampered(builds["2.0"].artifacts["uki"].path, tmp / "tampered.efi"),
             "hello_9.0+1.efi")
     for attempt in range(1, 4):
@@ -222,12 +222,15 @@ def test_rpi4_image_updates_and_rolls_back(
     assert back["secureboot"] == "01", back["secureboot"]
     for console in facts["edk2_consoles"]:
         assert "EFI stub: UEFI Secure Boot is enabled." in console
-    # The tampered UKI was refused by the firmware before any kernel ran, then v3 booted.
-    first = facts["edk2_consoles"][0]
+    # systemd-boot orders UKIs by their os-release version: the tampered copy (2.0 inside)
+    # comes after v3 and before the blessed v2. So on the fallback boot AAVMF refused it
+    # before any kernel ran, and in the same power-on the signed v2 booted.
+    last = facts["edk2_consoles"][-1]
     refusal = r"Error loading \EFI\Linux\hello_9.0+0-1.efi: Access denied"
-    assert refusal in first, first[-3000:]
-    assert first.index(refusal) < first.index("Linux version")
-    assert "systemd.verity_usr_data=/dev/disk/by-partlabel/usr_3.0" in first
+    assert refusal in last, last[:3000]
+    assert last.index(refusal) < last.index("Linux version")
+    assert "systemd.verity_usr_data=/dev/disk/by-partlabel/usr_2.0" in last
+    assert refusal not in facts["edk2_consoles"][0]  # v3's try came first
 
 
 def test_rpi4_image_carries_the_uboot_chain(rpi4_builds: dict[str, appsdk.BuildResult]) -> None:
