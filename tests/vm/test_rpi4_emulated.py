@@ -210,12 +210,16 @@ def test_rpi4_image_updates_and_rolls_back(
     assert facts["update_v3"]["status"] == 0, facts["update_v3"]["output"]
     assert facts["boots"][2:] == ["3.0:reset", "2.0:up"], facts["boots"]
     assert FIRMWARE_VENDOR["virt-edk2-sb"] in back["firmware"], back["firmware"]
-    assert back["status"]["running"] == "2.0" and back["status"]["failed"] == ["3.0"]
+    assert back["status"]["running"] == "2.0" and back["status"]["installed"] == ["2.0", "3.0"]
+    # The tampered entry (below) used its one try too: failed, never installed.
+    assert back["status"]["failed"] == ["3.0", "9.0"], back["status"]
     # v3's file went from +1-0 to +0-1 at its boot: only systemd-boot renames it then,
     # through EDK2's file system (bless-boot in Linux never ran for v3).
     assert sorted(back["esp"]) == ["hello_2.0.efi", "hello_3.0+0-1.efi",
                                    "hello_9.0+0-1.efi"], back["esp"]
-    assert back["count_path"] == "", back["count_path"]  # a blessed entry has no counter
+    # The refused entry's counter path outlives it (EDK2 ran systemd-boot twice in one
+    # power-on); appsdk-bless-check sees it is not the running entry and blesses nothing.
+    assert back["count_path"] == "\\EFI\\Linux\\hello_9.0+0-1.efi", back["count_path"]
     # Under EDK2 with the key set enrolled, Secure Boot was enforced on v3's try and on v2:
     # the signed chain from AAVMF to /usr. (U-Boot booted the same signed binaries and
     # checked nothing: its UEFI loader is built without signature checks.)
@@ -231,6 +235,7 @@ def test_rpi4_image_updates_and_rolls_back(
     assert last.index(refusal) < last.index("Linux version")
     assert "systemd.verity_usr_data=/dev/disk/by-partlabel/usr_2.0" in last
     assert refusal not in facts["edk2_consoles"][0]  # v3's try came first
+    assert "appsdk: not blessing hello_9.0+0-1.efi" in last
 
 
 def test_rpi4_image_carries_the_uboot_chain(rpi4_builds: dict[str, appsdk.BuildResult]) -> None:
