@@ -11,10 +11,12 @@ bound too."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import tempfile
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,10 +47,23 @@ activate = 1
 """
 
 
-def write_openssl_conf(directory: Path) -> Path:
-    path = directory / "openssl-pkcs11.cnf"
-    path.write_text(OPENSSL_CONF)
-    return path
+@dataclass(frozen=True)
+class ProviderEnv:
+    """What a sandboxed tool needs to reach a key through the provider."""
+    rw: tuple[Path, ...]  # bound read-write (the module's token store...)
+    ro: tuple[Path, ...]  # bound read-only (the module, its config, the PIN file, OPENSSL_CONF)
+    env: dict[str, str]
+
+
+@contextlib.contextmanager
+def provider_env(key: Pkcs11Key) -> Iterator[ProviderEnv]:
+    """Binds and environment for tools using `key`, with an OpenSSL configuration that
+    exists for the duration of the block."""
+    rw, ro = sandbox_paths(key)
+    with tempfile.TemporaryDirectory(prefix="appsdk-pkcs11-") as tmp:
+        conf = Path(tmp) / "openssl-pkcs11.cnf"
+        conf.write_text(OPENSSL_CONF)
+        yield ProviderEnv(rw, (*ro, Path(tmp)), {"OPENSSL_CONF": str(conf)})
 
 
 @dataclass(frozen=True)

@@ -183,13 +183,12 @@ def _import_db_uri(keyset: SecureBootKeys, key: pkcs11.Pkcs11Key, cert: Path,
                           field=Option("db_key"))
     if not cert.is_file():
         raise ConfigError("no such file", file=str(cert), field=Option("db_cert"))
-    rw, ro = pkcs11.sandbox_paths(key)
-    with tempfile.TemporaryDirectory(prefix="appsdk-hsm-") as tmp:
+    with pkcs11.provider_env(key) as provider, \
+            tempfile.TemporaryDirectory(prefix="appsdk-hsm-") as tmp:
         work = Path(tmp)
         shutil.copyfile(cert, work / "db.crt")
         (work / "challenge").write_bytes(os.urandom(32))
-        conf = pkcs11.write_openssl_conf(work)
-        box = Sandbox(hsm.tree, binds=(work, *rw), ro_binds=ro)
+        box = Sandbox(hsm.tree, binds=(work, *provider.rw), ro_binds=provider.ro)
         steps = (
             ["openssl", "x509", "-noout", "-pubkey", "-in", f"{work}/db.crt",
              "-out", f"{work}/db.pub"],
@@ -201,7 +200,7 @@ def _import_db_uri(keyset: SecureBootKeys, key: pkcs11.Pkcs11Key, cert: Path,
         for step, what in zip(steps, ("read the certificate", "sign with the key in the HSM",
                                       "verify that signature with the certificate"), strict=True):
             try:
-                box.run(runner, step, env={"OPENSSL_CONF": str(conf)}, timeout=120)
+                box.run(runner, step, env=provider.env, timeout=120)
             except CommandFailed as exc:
                 mismatch = what.startswith("verify")
                 raise ConfigError(

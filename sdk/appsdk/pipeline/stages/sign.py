@@ -4,9 +4,8 @@ before anything is published."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import shutil
-import tempfile
 from pathlib import Path
 
 from appsdk.core.errors import BuildError, CommandFailed
@@ -26,34 +25,29 @@ def sign_efi(binary: Path, output: Path, keys: SecureBootKeys, epoch: int, tools
     output.unlink(missing_ok=True)
     when = dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
     signer = keys.db_signer()
-    rw: tuple[Path, ...] = ()
-    ro: tuple[Path, ...] = ()
-    env = {"TZ": "UTC"}
-    conf_dir = Path(tempfile.mkdtemp(prefix="appsdk-sign-"))
-    if isinstance(signer, pkcs11.Pkcs11Key):
-        # In the HSM: systemd-sbsign asks OpenSSL's pkcs11 provider to sign; no key file.
-        key_args = ["--private-key-source=provider:pkcs11", f"--private-key={signer.uri}"]
-        rw, ro = pkcs11.sandbox_paths(signer)
-        env["OPENSSL_CONF"] = str(pkcs11.write_openssl_conf(conf_dir))
-        ro = (*ro, conf_dir)
-    else:
-        key_args = [f"--private-key={signer}"]
-    sandbox = tools.sandbox(binds=(output.parent, *rw),
-                            ro_binds=tuple(dict.fromkeys((binary.parent, keys.directory, *ro))))
-    try:
-        sandbox.run(runner, ["faketime", "-f", when, SBSIGN, "sign", *key_args,
-                             f"--certificate={keys.db_cert}",
-                             f"--output={output}", str(binary)], env=env, timeout=300)
-    except CommandFailed as exc:
-        output.unlink(missing_ok=True)
-        raise BuildError(f"cannot sign {binary.name} with the Secure Boot db key "
-                         f"{signer}:\n{exc.stderr.strip()}",
-                         hint="check the key set (`appsdk keys secure-boot` made it)"
-                         + ("; and that the token is present, its PIN right and "
-                            f"${pkcs11.BIND_ENV} lists what its module needs"
-                            if isinstance(signer, pkcs11.Pkcs11Key) else "")) from None
-    finally:
-        shutil.rmtree(conf_dir, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        if isinstance(signer, pkcs11.Pkcs11Key):
+            # In the HSM: systemd-sbsign asks OpenSSL's pkcs11 provider to sign; no key file.
+            provider = stack.enter_context(pkcs11.provider_env(signer))
+            key_args = ["--private-key-source=provider:pkcs11", f"--private-key={signer.uri}"]
+        else:
+            provider = pkcs11.ProviderEnv((), (), {})
+            key_args = [f"--private-key={signer}"]
+        sandbox = tools.sandbox(
+            binds=(output.parent, *provider.rw),
+            ro_binds=tuple(dict.fromkeys((binary.parent, keys.directory, *provider.ro))))
+        try:
+            sandbox.run(runner, ["faketime", "-f", when, SBSIGN, "sign", *key_args,
+                                 f"--certificate={keys.db_cert}", f"--output={output}",
+                                 str(binary)], env={"TZ": "UTC", **provider.env}, timeout=300)
+        except CommandFailed as exc:
+            output.unlink(missing_ok=True)
+            raise BuildError(f"cannot sign {binary.name} with the Secure Boot db key "
+                             f"{signer}:\n{exc.stderr.strip()}",
+                             hint="check the key set (`appsdk keys secure-boot` made it)"
+                             + ("; and that the token is present, its PIN right and "
+                                f"${pkcs11.BIND_ENV} lists what its module needs"
+                                if isinstance(signer, pkcs11.Pkcs11Key) else "")) from None
     verify_efi(output, keys, tools, runner)
     return output
 
