@@ -205,3 +205,11 @@ def test_python_api_overrides_are_checked_before_any_work(
     argument, rest = words.split(": ", 1)
     assert shown(info.value)[0].startswith(f"--{argument.replace('_', '-')}: {rest}")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("overlay", ["x" * 300, "loop"])
+def test_an_overlay_path_that_cannot_be_resolved_is_a_config_error(tmp_path: Path,
+                                                                   overlay: str) -> None:
+    (tmp_path / "loop").symlink_to("loop")  # a symlink to itself
+    with pytest.raises(ConfigError, match=r":3: overlay: "):
+        load_appliance(write(tmp_path, f"id: ok\nversion: '1'\noverlay: {overlay}\n"))

@@ -174,8 +174,12 @@ def load_appliance(path: Path) -> Appliance:
 
     overlay: Path | None = None
     if top.has("overlay"):
-        overlay = (file.parent / top.text("overlay")).resolve()
-        if not overlay.is_dir():
+        try:
+            overlay = (file.parent / top.text("overlay")).resolve()
+            found = overlay.is_dir()
+        except (RuntimeError, OSError) as exc:  # a name too long, a symlink loop
+            raise src.error(("overlay",), f"cannot be resolved: {exc}") from None
+        if not found:
             raise src.error(("overlay",), f"directory {overlay} does not exist")
         _check_overlay(src.error, overlay)
 
