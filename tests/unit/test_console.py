@@ -139,3 +139,39 @@ def test_expect_without_consuming_leaves_the_output_for_the_next_expect() -> Non
     assert shell.expect(r"Run /init", 1)
     with pytest.raises(CommandTimeout):
         shell.expect(r"usr_", 0.2)
+
+
+def test_console_that_goes_away_says_what_was_awaited_and_last_output() -> None:
+    # QEMU exiting (or a USB adapter unplugged) mid-boot: pyserial raises a bare
+    # SerialException; the caller gets ConsoleClosed with the pattern and the tail.
+    import socket
+    import threading
+
+    from appsdk.deliver.console import ConsoleClosed, SerialConsole
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    opened = threading.Event()  # pyserial drops what arrives while it opens
+
+    def device() -> None:
+        conn, _ = server.accept()
+        opened.wait(10)
+        conn.sendall(b"U-Boot 2025.01\r\n[    3.1] Kernel panic - not syncing: boom\r\n")
+        conn.close()
+
+    threading.Thread(target=device, daemon=True).start()
+    console = SerialConsole(f"socket://127.0.0.1:{server.getsockname()[1]}", connect_timeout=5)
+    opened.set()
+    try:
+        with pytest.raises(ConsoleClosed) as caught:
+            Shell(console).expect("login:", 10)
+    finally:
+        console.close()
+        server.close()
+    message = str(caught.value)
+    assert "went away" in message and "'login:'" in message, message
+    assert "Kernel panic - not syncing: boom" in message, message
+    with pytest.raises(ConsoleClosed):
+        console.write(b"x")

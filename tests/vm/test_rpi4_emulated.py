@@ -178,9 +178,12 @@ def run_story(builds: dict[str, appsdk.BuildResult], key: keys.SigningKey,
                 facts["rolled_back"]["secureboot"] = efi_global(vm.shell, "SecureBoot")
                 vm.shell.send("systemctl poweroff")
                 vm.wait_exit(300)
-                break
-            vm.wait_exit(60)
+            else:
+                vm.wait_exit(60)
+        # Every boot's transcript, the one that came up included (it holds the refusal).
         facts.setdefault("edk2_consoles", []).append(vm.console_log.read_text(errors="replace"))
+        if outcome == "up":
+            break
     # Figures for the notes, never asserted.
     (logs / "rpi4.json").write_text(json.dumps(facts["seconds"]) + "\n")
     return facts

@@ -32,6 +32,7 @@ class SerialConsole:
     def __init__(self, url: str, baud: int = 115200, connect_timeout: float = 30.0) -> None:
         import serial
 
+        self.url = url
         deadline = time.monotonic() + connect_timeout
         while True:
             try:
@@ -43,16 +44,28 @@ class SerialConsole:
                 time.sleep(0.5)
 
     def write(self, data: bytes) -> None:
-        self._port.write(data)
-        self._port.flush()
+        import serial
+
+        try:
+            self._port.write(data)
+            self._port.flush()
+        except (serial.SerialException, OSError) as exc:
+            raise ConsoleClosed(f"console {self.url} went away: {exc}") from None
 
     def read(self, timeout: float) -> bytes:
-        self._port.timeout = timeout
-        first = self._port.read(1)
-        if not first:
-            return b""
-        waiting = self._port.in_waiting
-        return bytes(first + (self._port.read(waiting) if waiting else b""))
+        import serial
+
+        # The other end going away (an adapter unplugged, QEMU exiting) is the device's
+        # story, not a pyserial traceback: callers get ConsoleClosed and say what they waited for.
+        try:
+            self._port.timeout = timeout
+            first = self._port.read(1)
+            if not first:
+                return b""
+            waiting = self._port.in_waiting
+            return bytes(first + (self._port.read(waiting) if waiting else b""))
+        except (serial.SerialException, OSError) as exc:
+            raise ConsoleClosed(f"console {self.url} went away: {exc}") from None
 
     def close(self) -> None:
         self._port.close()
@@ -115,10 +128,13 @@ class Shell:
                 return match
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                tail = text[-2000:]
                 raise CommandTimeout(f"no {regex.pattern!r} on the console within {timeout:.0f}s;"
-                                     f" last output:\n{tail}")
-            self._pump(min(remaining, 0.5))
+                                     f" last output:\n{text[-2000:]}")
+            try:
+                self._pump(min(remaining, 0.5))
+            except ConsoleClosed as exc:
+                raise ConsoleClosed(f"{exc} while waiting for {regex.pattern!r};"
+                                    f" last output:\n{text[-2000:]}") from None
 
     def send(self, line: str) -> None:
         self.console.write(line.encode() + b"\n")
