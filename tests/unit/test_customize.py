@@ -222,6 +222,7 @@ def test_factory_copy_keeps_owners_links_and_never_writes_through_links(
 
 def test_prune_modules_does_not_delete_through_a_link(tmp_path: Path) -> None:
     from appsdk.core.runner import FakeRunner
+    from appsdk.pipeline.tools import ToolsTree
 
     kernel = tmp_path / f"tree/usr/lib/modules/{V}/kernel"
     (kernel / "drivers").mkdir(parents=True)
@@ -229,7 +230,8 @@ def test_prune_modules_does_not_delete_through_a_link(tmp_path: Path) -> None:
     victim.mkdir(parents=True)
     os.symlink(victim, kernel / "drivers/sound")
     with pytest.raises(BuildError, match="modules_exclude"):
-        prune_modules(tmp_path / "tree", V, ("drivers/sound",), FakeRunner())
+        prune_modules(tmp_path / "tree", V, ("drivers/sound",), ToolsTree(tmp_path / "tools", "k"),
+                      FakeRunner())
     assert victim.is_dir()
 
 

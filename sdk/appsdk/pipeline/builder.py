@@ -116,7 +116,7 @@ def _build(source: Path, claims: contextlib.ExitStack, *, board: str | None,
         rootfs = build_rootfs(recipe_for(app, brd), runner, reporter)
         r["message"] = f"({'cached' if rootfs.cached else 'built'}, kernel {rootfs.kernel_version})"
     with stage(reporter, "customize", "overlay, identity, on-device units") as r:
-        custom = customize(app, layout, rootfs, work, runner, update_url=url,
+        custom = customize(app, layout, rootfs, work, runner, tools, update_url=url,
                            pubring=signing.public_keyring if signing else None, board=brd)
         if custom.absent_excludes:
             r["message"] = (f"(kernel {custom.kernel_version} has no "

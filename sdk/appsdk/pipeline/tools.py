@@ -17,7 +17,7 @@ TOOLS_MIRROR = os.environ.get("APPSDK_TOOLS_MIRROR", "http://deb.debian.org/debi
 TOOLS_PACKAGES = (
     "systemd-repart", "systemd-ukify", "python3-pefile", "erofs-utils", "squashfs-tools",
     "dosfstools", "mtools", "cryptsetup-bin", "xz-utils", "zstd", "fdisk", "e2fsprogs",
-    "gnupg", "gpgv", "sbsigntool", "faketime",
+    "gnupg", "gpgv", "sbsigntool", "faketime", "kmod",
     # Keys in an HSM: OpenSSL's pkcs11 provider finds modules through p11-kit; SoftHSM is
     # a software token for trying that out (and the tests), openssl checks a key in one.
     "openssl", "pkcs11-provider", "p11-kit", "softhsm2",
@@ -28,6 +28,7 @@ TOOLS_USED = {
     "mkfs.vfat": "dosfstools", "mcopy": "mtools", "veritysetup": "cryptsetup-bin",
     "xz": "xz-utils", "sfdisk": "fdisk", "gpg": "gnupg", "sbverify": "sbsigntool",
     "faketime": "faketime", "openssl": "openssl", "softhsm2-util": "softhsm2",
+    "depmod": "kmod",
 }
 # Documentation, man pages and translations are never needed in a tree we build.
 DPKG_EXCLUDES = (
