@@ -1,6 +1,6 @@
 """Power cuts during and after an update (issue 12). A v1 device runs `appsdk-update
 update` against a signed v2 release and QEMU is killed (SIGKILL: whatever the guest had
-not written out is lost) at moments from the start of the UKI's download until 30 s after
+not written out is lost) at moments from the start of the UKI's download to the moment
 sysupdate reported success. Every time, the next boot comes up on a working version, and
 the device ends on v2 after at most one more update run.
 
@@ -27,12 +27,13 @@ GiB = 1024**3
 UP = r"appsdk: IMAGE_ID=hello IMAGE_VERSION=\S+ booted"
 UKI_ACQUIRE = r"Acquiring \S*hello_2\.0\.efi\.xz"
 SUCCESS = r"Successfully installed update '2\.0'"
-# (name, console line that starts the clock, seconds after it). A cut 10 s after success
-# passed too (stop 11); it is left out to keep the suite inside CI's time.
+# (name, console line that starts the clock, seconds after it). Cuts 10 s (stop 11) and
+# 30 s (stops 12-15) after success passed too; they are left out to keep the suite inside
+# CI's time: a cut at the success line is the harder case (less written out), and the one
+# that lost the UKI before issue 12.
 MOMENTS = (
     ("uki-download", UKI_ACQUIRE, 2.0),
     ("at-success", SUCCESS, 0.0),
-    ("success+30s", SUCCESS, 30.0),
 )
 
 
