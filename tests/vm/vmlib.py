@@ -40,7 +40,9 @@ def disk_copy(image: Path, target: Path, size: int) -> Path:
 class Vm:
     def __init__(self, argv: list[str], port: int, log_dir: Path, name: str) -> None:
         self.log_dir = log_dir
-        self.qemu_log = (log_dir / f"{name}.qemu.log").open("wb")
+        self.name = name
+        self.qemu_log_path = log_dir / f"{name}.qemu.log"
+        self.qemu_log = self.qemu_log_path.open("wb")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.qemu_log,
                                      stderr=subprocess.STDOUT)
         self.console = SerialConsole(f"socket://127.0.0.1:{port}", connect_timeout=30)
@@ -64,6 +66,11 @@ class Vm:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.qemu_log.close()
+        # What QEMU said, where a failing test's report shows it (CI keeps only the report).
+        said = self.qemu_log_path.read_text(errors="replace").strip()
+        if said or self.proc.returncode not in (0, -15):
+            print(f"{self.name}: QEMU exit {self.proc.returncode}: {said[-1500:]}",
+                  file=sys.stderr)
 
 
 EARLY_PANIC = "Kernel panic - not syncing"
