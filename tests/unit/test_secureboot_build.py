@@ -5,15 +5,20 @@ thing under OVMF with Secure Boot)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import lzma
+import subprocess
 from pathlib import Path
 
 import pytest
+from test_pcrsig import OPENSSL, host_openssl
+from test_pe import tiny_pe
 from test_pipeline_fake import Project, Tools, make_project
 
 from appsdk.contract.buildinfo import BUILD_JSON, load_build, load_record
-from appsdk.core.errors import BuildError, ConfigError
+from appsdk.core.errors import BuildError, ConfigError, VerifyFailed
 from appsdk.core.runner import Call, FakeRunner, Result
 from appsdk.pipeline.builder import build
 from appsdk.pipeline.stages.esp import EspSecureBoot, build_esp_tree
@@ -94,12 +99,34 @@ def test_the_esp_carries_the_signed_loader_the_key_set_and_the_enroll_mode(
 
 
 class SbTools(Tools):
-    """Tools, plus systemd-sbsign (run through faketime) and sbverify."""
+    """Tools, plus systemd-sbsign (run through faketime) and sbverify; ukify signs PCR
+    policies as systemd-measure would (with the host's openssl, which also plays the tools
+    tree's for the build's own check of them)."""
 
     verify_ok: bool = True
+    pcr_pol: bytes = hashlib.sha256(b"enter-initrd").digest()
 
     def answers(self) -> dict[str, object]:  # type: ignore[override]
-        return {**super().answers(), "faketime": self.faketime, "sbverify": self.sbverify}
+        return {**super().answers(), "faketime": self.faketime, "sbverify": self.sbverify,
+                "openssl": host_openssl}
+
+    def ukify(self, call: Call) -> Result:
+        if "--pcr-private-key" not in " ".join(call.argv):
+            return super().ukify(call)
+        key, public = Path(call.arg("--pcr-private-key")), Path(call.arg("--pcrpkey"))
+        if not (call.readable(key) and call.readable(public)):
+            return call.fail("ukify: cannot read the PCR key")
+        assert call.arg("--pcr-banks") == "sha256"
+        der = subprocess.run([OPENSSL, "rsa", "-pubin", "-RSAPublicKey_out", "-outform", "DER",
+                              "-in", str(public)], capture_output=True, check=True).stdout
+        sig = subprocess.run([OPENSSL, "dgst", "-sha256", "-sign", str(key)],
+                             input=self.pcr_pol, capture_output=True, check=True).stdout
+        doc = {"sha256": [{"pcrs": [11], "pkfp": hashlib.sha256(der).hexdigest(),
+                           "pol": self.pcr_pol.hex(), "sig": base64.b64encode(sig).decode()}]}
+        tiny_pe(Path(call.arg("--output")), {".linux": self.data("uki", 600),
+                                              ".pcrpkey": public.read_bytes(),
+                                              ".pcrsig": json.dumps(doc).encode()})
+        return call.ok()
 
     def faketime(self, call: Call) -> Result:
         assert call.argv[1] == "-f" and call.argv[2] == "1970-01-01 00:00:00"
@@ -138,6 +165,9 @@ def test_a_secure_boot_build_publishes_only_signed_efi_binaries(
     assert {f"loader/keys/auto/{r}.auth" for r in secureboot.ROLES} <= set(record.esp_files)
     raw = json.loads((result.output / BUILD_JSON).read_text())
     assert raw["secure_boot"]["db_cert_sha256"] == keyset.db_fingerprint()
+    # The key set's PCR key signed the UKI's PCR 11 policy: the record names its key.
+    assert raw["secure_boot"]["pcr_key_sha256"] == keyset.pcr_fingerprint()
+    assert keyset.pcr_public_key().encode() in uki and b'"pcrs": [11]' in uki
     for role in secureboot.ROLES:  # what the ESP carries is the key set's payload
         parse_authenticated(keyset.auth(role).read_bytes())
 
@@ -153,6 +183,40 @@ def test_a_signature_that_does_not_verify_publishes_nothing(
         project.build(tools)
     after = {p.name: p.read_bytes() for p in first.output.iterdir() if p.name != ".work"}
     assert after == before
+
+
+def test_a_pcr_policy_that_does_not_verify_publishes_nothing(
+        project: Project, keyset: secureboot.SecureBootKeys) -> None:
+    enable(project, keyset)
+    first = project.build(SbTools("one"))
+    before = {p.name: p.read_bytes() for p in first.output.iterdir() if p.name != ".work"}
+
+    class Forged(SbTools):  # the signature is over one policy, .pcrsig names another
+        def ukify(self, call: Call) -> Result:
+            done = super().ukify(call)
+            out = Path(call.arg("--output"))
+            out.write_bytes(out.read_bytes().replace(self.pcr_pol.hex().encode(),
+                                                     bytes(32).hex().encode()))
+            return done
+
+    with pytest.raises(VerifyFailed, match="does not verify with the PCR key"):
+        project.build(Forged("two"))
+    after = {p.name: p.read_bytes() for p in first.output.iterdir() if p.name != ".work"}
+    assert after == before
+
+
+def test_a_key_set_without_a_pcr_key_builds_without_a_pcr_policy(
+        project: Project, keyset: secureboot.SecureBootKeys, tmp_path: Path) -> None:
+    older = tmp_path / "older-set"
+    older.mkdir(mode=0o700)
+    for name in ("db.key", "db.crt", "PK.auth", "KEK.auth", "db.auth", "PK.crt", "KEK.crt"):
+        (older / name).write_bytes((keyset.directory / name).read_bytes())
+    config = project.source / "appliance.yaml"
+    config.write_text(config.read_text() + f"secure_boot:\n  keys: {older}\n")
+    result = project.build(SbTools("old"))
+    assert b"BEGIN PUBLIC KEY" not in result.artifacts["uki"].path.read_bytes()
+    record = load_record(result.output)
+    assert record.secure_boot is not None and record.secure_boot.pcr_key_sha256 is None
 
 
 def test_a_secure_boot_build_without_a_key_set_fails_before_any_command(

@@ -22,12 +22,15 @@ import pytest
 from vmlib import REPO, SB_EMULATOR, disk_copy, efi_global, esp_put, ovmf_vars, tampered, vm_boot
 
 import appsdk
+from appsdk.contract.buildinfo import load_record
 from appsdk.core.progress import NullReporter
 from appsdk.core.runner import Runner
+from appsdk.image import pcrsig
 from appsdk.image.inspect import inspect, signers
 from appsdk.pipeline.stages.sign import sign_efi
 from appsdk.pipeline.tools import ToolsTree, cached_tools, ensure_tools
 from appsdk.trust import keys, pkcs11, secureboot
+from appsdk.trust.secureboot import PCR
 
 GiB = 1024**3
 SB = SB_EMULATOR
@@ -70,9 +73,10 @@ def refused_then_v1(disk: Path, vars_fd: Path, logs: Path, name: str, entry: str
 PIN = "7531"
 
 
-def softhsm_db_key(tmp: Path, tools: ToolsTree, made: secureboot.SecureBootKeys) -> str:
-    """Move the db key of `made` into a SoftHSM token and shred every PEM copy of it: from
-    here on it exists only inside the token. Returns its PKCS#11 URI (PIN from a file)."""
+def softhsm_keys(tmp: Path, tools: ToolsTree, made: secureboot.SecureBootKeys) -> dict[str, str]:
+    """Move the db and PCR keys of `made` into a SoftHSM token and shred every PEM copy of
+    them: from here on they exist only inside the token. Returns their PKCS#11 URIs by role
+    (PIN from a file)."""
     store = tmp / "hsm" / "tokens"
     store.mkdir(parents=True)
     conf = tmp / "hsm" / "softhsm2.conf"
@@ -81,17 +85,20 @@ def softhsm_db_key(tmp: Path, tools: ToolsTree, made: secureboot.SecureBootKeys)
     pin.write_text(PIN)
     os.environ["SOFTHSM2_CONF"] = str(conf)
     os.environ[pkcs11.BIND_ENV] = str(store)
-    pkcs8 = tmp / "hsm" / "db.p8"
-    subprocess.run(["openssl", "pkcs8", "-topk8", "-nocrypt", "-in", str(made.db_key),
-                    "-out", str(pkcs8)], check=True)
-    box = tools.sandbox(binds=(store, pkcs8.parent))
+    box = tools.sandbox(binds=(store, pin.parent))
     box.run(Runner(), ["softhsm2-util", "--init-token", "--free", "--label", "appsdk",
                        "--pin", PIN, "--so-pin", "86420"])
-    box.run(Runner(), ["softhsm2-util", "--import", str(pkcs8), "--token", "appsdk",
-                       "--label", "db", "--id", "01", "--pin", PIN])
-    for copy in (pkcs8, made.db_key):
-        subprocess.run(["shred", "-u", str(copy)], check=True)
-    return f"pkcs11:token=appsdk;object=db;type=private?pin-source=file:{pin}"
+    uris = {}
+    for index, role in enumerate(("db", PCR), start=1):
+        pkcs8 = tmp / "hsm" / f"{role}.p8"
+        subprocess.run(["openssl", "pkcs8", "-topk8", "-nocrypt", "-in", str(made.key(role)),
+                        "-out", str(pkcs8)], check=True)
+        box.run(Runner(), ["softhsm2-util", "--import", str(pkcs8), "--token", "appsdk",
+                           "--label", role, "--id", f"{index:02d}", "--pin", PIN])
+        for copy in (pkcs8, made.key(role)):
+            subprocess.run(["shred", "-u", str(copy)], check=True)
+        uris[role] = f"pkcs11:token=appsdk;object={role};type=private?pin-source=file:{pin}"
+    return uris
 
 
 def private_key_files(root: Path) -> list[Path]:
@@ -123,10 +130,11 @@ def secure_boot_scenarios(signing_key: keys.SigningKey, update_port: int,
     # make the enrollment payloads, are then taken offline.
     tools = ensure_tools(Runner(), NullReporter())
     made = secureboot.generate(tmp / "made", "Hello appliance", "hello", Runner())
-    uri = softhsm_db_key(tmp, tools, made)
+    uris = softhsm_keys(tmp, tools, made)
     keyset = secureboot.generate(tmp / "keys" / "secure-boot", "Hello appliance", "hello",
-                                 Runner(), db_key=pkcs11.parse_uri(uri), db_cert=made.db_cert,
-                                 hsm=tools.sandbox())
+                                 Runner(), db_key=pkcs11.parse_uri(uris["db"]),
+                                 db_cert=made.db_cert, pcr_key=pkcs11.parse_uri(uris[PCR]),
+                                 pcr_cert=made.cert(PCR), hsm=tools.sandbox())
     for key in (made.key("PK"), made.key("KEK"), keyset.key("PK"), keyset.key("KEK")):
         subprocess.run(["shred", "-u", str(key)], check=True)
     app = tmp / "hello"
@@ -140,6 +148,11 @@ def secure_boot_scenarios(signing_key: keys.SigningKey, update_port: int,
                          update_url=f"http://10.0.2.2:{update_port}/")
     facts["key_files_after"] = private_key_files(tmp)
     uki = built.artifacts["uki"].path
+    # The PCR key in the token signed the UKI's PCR 11 policy (ukify -> systemd-measure
+    # -> OpenSSL's pkcs11 provider); the build checked it with OpenSSL, and so does this.
+    facts["pcrsig"] = pcrsig.verify(uki, keyset, tools.sandbox(), Runner())
+    facts["record_pcr"] = load_record(built.output).secure_boot
+    facts["pcr_fingerprint"] = keyset.pcr_fingerprint()
 
     # The two UKIs the firmware must refuse: one byte of the signed UKI changed (in the
     # middle: the kernel), and the same UKI with its signature replaced by another key's.
@@ -239,8 +252,20 @@ def test_the_db_key_in_an_hsm_signs_with_no_private_key_file_on_disk(
     SoftHSM: the key set holds its URI, not a key, and no PEM private key existed in the
     test's tree before or after the build (the build's work directory is inside it)."""
     assert secure["keyset"] == ["KEK.auth", "KEK.crt", "PK.auth", "PK.crt", "db.auth",
-                                "db.crt", "db.uri"]
+                                "db.crt", "db.uri", "pcr.crt", "pcr.uri"]
     assert secure["key_files_before"] == [] and secure["key_files_after"] == []
+
+
+def test_the_pcr_key_in_the_hsm_signed_the_ukis_pcr_11_policy(secure: dict[str, Any]) -> None:
+    """ukify's default boot phases (enter-initrd, then leave-initrd, sysinit, ready), each
+    for PCR 11 in sha256, by the PCR key that stays in SoftHSM; build.json names it."""
+    assert len(secure["pcrsig"]) == 4, secure["pcrsig"]
+    assert {s.key_fingerprint for s in secure["pcrsig"]} == {secure["pcr_fingerprint"]}
+    assert len({s.policy for s in secure["pcrsig"]}) == 4  # one policy per phase
+    assert secure["record_pcr"].pcr_key_sha256 == secure["pcr_fingerprint"]
+    assert secure["inspect"]["pcr_policy"] == {"EFI/Linux/hello_1.0.efi": {
+        "key_sha256": [secure["pcr_fingerprint"]], "pcrs": [11], "banks": ["sha256"],
+        "phases": 4}}
 
 
 def test_inspect_names_the_signer_of_every_efi_binary(secure: dict[str, Any]) -> None:

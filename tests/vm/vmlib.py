@@ -196,18 +196,23 @@ def watch_boot(vm: Vm, up_pattern: str, timeout: float = 600) -> tuple[str, str]
 @contextlib.contextmanager
 def vm_boot(disk: Path, vars_fd: Path | None, log_dir: Path, name: str,
             board: str = "x86-uefi", retry_early_panic: bool = True,
-            emulator: str | None = None) -> Iterator[Vm]:
+            emulator: str | None = None, tpm: Path | None = None) -> Iterator[Vm]:
     """Boot a disk with appsdk's QEMU command line for the board (TCG, serial on a free
     port, -no-reboot so every reset or power-off ends the process: one boot, one Vm).
-    `vars_fd`: the machine's UEFI variable store (firmware_vars), kept across its boots."""
+    `vars_fd`: the machine's UEFI variable store (firmware_vars), kept across its boots.
+    `tpm`: the state directory of its TPM (swtpm), likewise kept: the same device."""
+    from appsdk.emulate import swtpm
     from appsdk.emulate.qemu import VmSpec, qemu_argv
     from appsdk.spec.boards import load_board
 
     port = free_port()
-    spec = VmSpec(board=load_board(board), disk=disk, snapshot=False, serial_port=port,
-                  accel="tcg", no_reboot=True, vars_file=vars_fd, emulator=emulator)
-    with running(qemu_argv(spec), port, log_dir, name, disk, vars_fd,
-                 retry_early_panic) as vm:
+    with contextlib.ExitStack() as stack:
+        socket_path = stack.enter_context(swtpm.running(tpm)) if tpm is not None else None
+        spec = VmSpec(board=load_board(board), disk=disk, snapshot=False, serial_port=port,
+                      accel="tcg", no_reboot=True, vars_file=vars_fd, emulator=emulator,
+                      tpm_socket=socket_path)
+        vm = stack.enter_context(running(qemu_argv(spec), port, log_dir, name, disk, vars_fd,
+                                         retry_early_panic))
         yield vm
 
 

@@ -12,6 +12,7 @@ from appsdk.core.errors import EXIT_OK
 def cmd_run(args: argparse.Namespace) -> int:
     from appsdk.contract.buildinfo import locate_build
     from appsdk.core.foreign import needs_emulation
+    from appsdk.emulate import swtpm
     from appsdk.emulate.qemu import (
         VmSpec,
         check_ports,
@@ -48,8 +49,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                   serial_port=args.serial_port, forward=tuple(args.forward),
                   accel=accel, emulator=args.emulator,
                   vars_file=persistent_vars(board, args.vars, args.emulator) if args.vars
-                  else firmware_vars(board, scratch_dir(), args.emulator))
-    argv = qemu_argv(spec)
+                  else firmware_vars(board, scratch_dir(), args.emulator),
+                  tpm_socket=swtpm.socket_of(args.tpm.absolute()) if args.tpm else None)
+    argv = qemu_argv(spec)  # before swtpm starts: an emulator without a TPM is refused first
     em = board.emulator_named(args.emulator)
     cmdline = (record.cmdline or "") if record else ""
     if em.console and cmdline and f"console={em.console}" not in cmdline:
@@ -60,5 +62,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.print_only:
         print(" ".join(argv))
         return EXIT_OK
+    if args.tpm:
+        from appsdk.core.runner import Runner
+
+        swtpm.start_daemon(args.tpm.absolute(), Runner())  # ends when QEMU disconnects
     print(f"appsdk: booting {disk} ({accel}); quit with Ctrl-A X", file=sys.stderr)
     os.execvp(argv[0], argv)

@@ -53,23 +53,28 @@ def _secure_boot_keys(app: Appliance, args: argparse.Namespace, runner: Runner) 
 
     directory = secureboot.directory_for(app, args.keys, args.secure_boot_keys)
     hsm = None
-    if isinstance(args.db_key, pkcs11.Pkcs11Key):
+    if any(isinstance(k, pkcs11.Pkcs11Key) for k in (args.db_key, args.pcr_key)):
         # The token is reached through OpenSSL's pkcs11 provider in the tools tree.
         from appsdk.pipeline.tools import ensure_tools
 
         hsm = ensure_tools(runner, reporter_for(args)).sandbox()
     sb = secureboot.generate(directory, app.name, app.id, runner, db_key=args.db_key,
-                             db_cert=args.db_cert, hsm=hsm)
+                             db_cert=args.db_cert, pcr_key=args.pcr_key,
+                             pcr_cert=args.pcr_cert, hsm=hsm)
+    in_hsm = [r for r in ("db", secureboot.PCR) if sb.uri(r).exists()]
     if args.json:
         print_json({"directory": sb.directory, "db_cert": sb.db_cert,
                     "db_sha256": sb.db_fingerprint(),
+                    "pcr_cert": sb.cert(secureboot.PCR),
+                    "pcr_public_key_sha256": sb.pcr_fingerprint(),
                     "enrollment": [sb.auth(r) for r in secureboot.ROLES]})
     else:
         print(f"created Secure Boot key set in {sb.directory}\n"
               f"  db certificate {sb.db_cert} (sha256 {sb.db_fingerprint()[:16]}...)\n"
+              f"  PCR policy key {sb.cert(secureboot.PCR)} (public key sha256 "
+              f"{sb.pcr_fingerprint()[:16]}...)\n"
               "  enrollment payloads: " + ", ".join(f"{r}.auth" for r in secureboot.ROLES)
-              + (f"\n  db key: in the HSM, {sb.db_signer()} (db.uri)"
-                 if sb.db_uri.exists() else "")
+              + "".join(f"\n  {r} key: in the HSM, {sb.signer(r)} ({r}.uri)" for r in in_hsm)
               + "\n  keep PK.key and KEK.key offline once devices are enrolled; "
               "builds need only the db key, db.crt and the .auth files")
     return EXIT_OK

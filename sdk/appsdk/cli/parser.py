@@ -111,12 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "secure_boot.keys says (see `appsdk keys secure-boot`)")
     k.add_argument("--json", action="store_true")
     k = keys_sub.add_parser(
-        "secure-boot", help="create the appliance's Secure Boot key set (PK, KEK, db)",
+        "secure-boot", help="create the appliance's Secure Boot key set (PK, KEK, db, PCR)",
         description="Create a UEFI Secure Boot key set: PK, KEK and db (RSA-2048 X.509 "
         "certificate + private key each) and the signed enrollment payloads PK.auth, "
-        "KEK.auth, db.auth that systemd-boot writes into a machine in setup mode. Builds "
-        "with secure_boot: in appliance.yaml sign systemd-boot and every UKI with the db "
-        "key. Keep PK and KEK offline once devices are enrolled (docs/secure-boot.md).")
+        "KEK.auth, db.auth that systemd-boot writes into a machine in setup mode; and a PCR "
+        "policy key, never enrolled. Builds with secure_boot: in appliance.yaml sign "
+        "systemd-boot and every UKI with the db key, and each UKI's expected PCR 11 values "
+        "with the PCR key. Keep PK and KEK offline once devices are enrolled "
+        "(docs/secure-boot.md).")
     k.add_argument("directory", type=Path, nargs="?", default=Path("."),
                    help="appliance directory (for its id, name and secure_boot.keys)")
     k.add_argument("--keys", type=new_dir, metavar="DIR",
@@ -130,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "docs/secure-boot.md); needs --db-cert")
     k.add_argument("--db-cert", type=existing, metavar="FILE",
                    help="the X.509 certificate (PEM) of --db-key")
+    k.add_argument("--pcr-key", type=key_source, metavar="FILE|URI",
+                   help="use this PCR policy key instead of making one (a PEM file or a "
+                   "PKCS#11 URI, as --db-key); it signs each UKI's expected PCR 11 values so "
+                   "the TPM unseals /var for every UKI it signed (docs/tpm.md); needs "
+                   "--pcr-cert")
+    k.add_argument("--pcr-cert", type=existing, metavar="FILE",
+                   help="the X.509 certificate (PEM) of --pcr-key")
     k.add_argument("--json", action="store_true")
 
     k = keys_sub.add_parser(
@@ -284,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vars", type=Path, metavar="FILE",
                    help="persistent UEFI variable store, kept across runs (made from the "
                    "emulator's if missing; `appsdk keys vars` makes one with Secure Boot on)")
+    p.add_argument("--tpm", type=Path, metavar="DIR",
+                   help="give the machine a TPM 2.0 (swtpm) whose state is kept in DIR across "
+                   "runs: the same DIR is the same device, a new one another device")
     p.add_argument("--in-place", action="store_true", help="boot and modify the image itself")
     p.add_argument("--serial-port", type=port, help="serial console on 127.0.0.1:PORT, not stdio")
     p.add_argument("--forward", action="append", default=[], metavar="HOST:GUEST", type=forward,

@@ -23,7 +23,7 @@ HINT = "build.json is written by `appsdk build`: rebuild rather than edit it"
 SHA256 = r"[0-9a-f]{64}"
 REQUIRED_ARTIFACTS = ("image", "bmap")
 EMULATOR_KEYS = {"name", "qemu", "machine", "cpu", "memory_mib", "firmware_code",
-                 "firmware_vars", "bios", "watchdog", "extra_args", "console"}
+                 "firmware_vars", "bios", "watchdog", "extra_args", "console", "tpm"}
 # A QEMU option value: names and key=value lists, nothing a shell or QEMU would split.
 QEMU_VALUE = r"[A-Za-z0-9][A-Za-z0-9_.,=:+-]*"
 QEMU_OPTIONS = r"-(device|global|smp|rtc|no-hpet)"  # options that touch only the guest
@@ -147,6 +147,7 @@ def _emulators(board: dict[str, Any], file: Path) -> None:
         _text(em, "bios", file, f"{field}.bios", FIRMWARE_REF, required=False)
         _text(em, "watchdog", file, f"{field}.watchdog", QEMU_VALUE, required=False)
         _text(em, "console", file, f"{field}.console", r"tty[A-Za-z]+[0-9]+", required=False)
+        _text(em, "tpm", file, f"{field}.tpm", r"tpm-[a-z-]+", required=False)
         _texts(em, "extra_args", file, f"{field}.extra_args", QEMU_VALUE + "|" + QEMU_OPTIONS)
         for arg in em.get("extra_args") or ():
             if HOST_ACCESS.search(arg):
@@ -184,10 +185,15 @@ def _details(data: dict[str, Any], file: Path) -> None:
     _text(verity, "roothash", file, "verity.roothash", r"[0-9a-f]{64,128}", required=False)
     secure_boot = _get(data, "secure_boot", dict, file, "secure_boot", required=False)
     if secure_boot is not None:
-        if set(secure_boot) != {"db_cert_sha256", "enroll"}:
-            raise _fail(file, "secure_boot", "needs exactly db_cert_sha256, enroll")
+        # pcr_key_sha256 came later (stop 16): records from before have no such key.
+        if not {"db_cert_sha256", "enroll"} <= set(secure_boot) <= {
+                "db_cert_sha256", "enroll", "pcr_key_sha256"}:
+            raise _fail(file, "secure_boot",
+                        "needs db_cert_sha256 and enroll (and may have pcr_key_sha256), only")
         _text(secure_boot, "db_cert_sha256", file, "secure_boot.db_cert_sha256", SHA256)
         _text(secure_boot, "enroll", file, "secure_boot.enroll", r"[a-z-]+")
+        if secure_boot.get("pcr_key_sha256") is not None:  # null: no signed PCR policy
+            _text(secure_boot, "pcr_key_sha256", file, "secure_boot.pcr_key_sha256", SHA256)
 
 
 def check_record(data: object, file: Path) -> dict[str, Any]:

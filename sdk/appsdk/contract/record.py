@@ -66,6 +66,8 @@ class UpdateRecord:
 class SecureBootRecord:
     db_cert_sha256: str  # SHA-256 of the db certificate (DER) every EFI binary is signed for
     enroll: str  # loader.conf secure-boot-enroll on the ESP
+    # "pkfp" of the PCR key the UKI's .pcrsig is by (SHA-256 of its RSAPublicKey DER); None: none
+    pcr_key_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -168,4 +170,4 @@ def emulator_from_json(data: Mapping[str, Any]) -> Emulator:
         firmware_vars=tuple(map(firmware_ref, data.get("firmware_vars") or ())),
         bios=firmware_ref(data["bios"]) if data.get("bios") else None,
         watchdog=data.get("watchdog"), extra_args=tuple(data.get("extra_args") or ()),
-        console=data.get("console"))
+        console=data.get("console"), tpm=data.get("tpm"))

@@ -30,6 +30,7 @@ class VmSpec:
     no_reboot: bool = False
     vars_file: Path | None = None  # UEFI variable store (firmware_vars); None for -bios
     emulator: str | None = None  # one of the board's emulators; None: its first
+    tpm_socket: Path | None = None  # swtpm's control socket: the machine gets the board's TPM
 
 
 def firmware_file(ref: FirmwareRef, what: str, board: EmulatedBoard) -> Path | None:
@@ -139,6 +140,16 @@ def qemu_argv(spec: VmSpec) -> list[str]:
     for host, guest in spec.forward:
         netdev += f",hostfwd=tcp:127.0.0.1:{host}-:{guest}"
     argv += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0"]
+    if spec.tpm_socket is not None:
+        if not em.tpm:
+            raise ConfigError(f"emulator {em.name} of board {spec.board.name} has no TPM",
+                              hint="pick an emulator with `tpm:` in the board profile")
+        if "," in str(spec.tpm_socket):  # QEMU would split its option there
+            raise PathError(f"{spec.tpm_socket}: a TPM socket path cannot hold a comma",
+                            hint="keep the TPM state in a directory without one")
+        argv += ["-chardev", f"socket,id=chrtpm,path={spec.tpm_socket}",
+                 "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+                 "-device", f"{em.tpm},tpmdev=tpm0"]
     if spec.no_reboot:
         argv.append("-no-reboot")
     return [*argv, *em.extra_args]

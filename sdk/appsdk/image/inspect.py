@@ -62,7 +62,32 @@ def secure_boot_info(esp: Path, runner: Runner) -> dict[str, Any]:
         "signed": {p.relative_to(esp).as_posix(): signers(p, runner) for p in binaries},
         "enroll_keys": sorted(d.name for d in keys.iterdir() if d.is_dir())
         if keys.is_dir() else [],
+        "pcr_policy": {p.relative_to(esp).as_posix(): pcr_policy(p) for p in binaries
+                       if ".pcrsig" in _sections(p)},
     }
+
+
+def _sections(binary: Path) -> set[str]:
+    from appsdk.image import pe
+
+    try:
+        return set(pe.sections(binary))
+    except VerifyFailed:
+        return set()
+
+
+def pcr_policy(uki: Path) -> dict[str, Any]:
+    """What a UKI's .pcrsig says (read, not verified: that needs the key set): by which
+    key, for which PCRs, for how many boot phases."""
+    from appsdk.image import pcrsig, pe
+
+    try:
+        found = pcrsig.parse_pcrsig(pe.read_section(uki, ".pcrsig"), uki.name)
+    except VerifyFailed as exc:
+        return {"error": str(exc)}
+    return {"key_sha256": sorted({s.key_fingerprint for s in found}),
+            "pcrs": sorted({p for s in found for p in s.pcrs}),
+            "banks": sorted({s.bank for s in found}), "phases": len(found)}
 
 
 def inspect(target: Path, runner: Runner | None = None) -> dict[str, Any]:

@@ -138,8 +138,11 @@ def _build(source: Path, claims: contextlib.ExitStack, *, board: str | None,
     cmdline = kernel_cmdline(app, brd, verity.roothash)
     with stage(reporter, "uki", "ukify") as r:
         uki = build_uki(brd, custom.tree, custom.kernel, custom.kernel_version, initrd.path,
-                        cmdline, staging / uki_name(app.id, app.version), tools, runner)
-        r["message"] = f"({uki.path.stat().st_size / 1e6:.1f} MB)"
+                        cmdline, staging / uki_name(app.id, app.version), tools, runner,
+                        pcr_keys=sb if sb is not None and sb.has_pcr_key() else None)
+        r["message"] = f"({uki.path.stat().st_size / 1e6:.1f} MB" + (
+            f", PCR 11 policy signed for {uki.pcr_phases} boot phases)" if uki.pcr_phases
+            else ")")
     esp_sb = None
     if sb is not None and app.secure_boot is not None:
         with stage(reporter, "sign", "Secure Boot signatures on systemd-boot and the UKI") as r:
@@ -207,7 +210,8 @@ def _build(source: Path, claims: contextlib.ExitStack, *, board: str | None,
         verity_roothash=verity.roothash,
         update=UpdateRecord(url, signing.fingerprint if signing else None,
                             app.update.automatic),
-        secure_boot=SecureBootRecord(db_sha256, app.secure_boot.enroll)
+        secure_boot=SecureBootRecord(db_sha256, app.secure_boot.enroll,
+                                     sb.pcr_fingerprint() if uki.pcr_phases else None)
         if sb is not None and app.secure_boot is not None else None), output)
     shutil.rmtree(work, ignore_errors=True)
     return result

@@ -18,6 +18,9 @@ TOOLS_PACKAGES = (
     "systemd-repart", "systemd-ukify", "python3-pefile", "erofs-utils", "squashfs-tools",
     "dosfstools", "mtools", "cryptsetup-bin", "xz-utils", "zstd", "fdisk", "e2fsprogs",
     "gnupg", "gpgv", "sbsigntool", "faketime", "kmod",
+    # systemd-measure (ukify's PCR policy signer) is in systemd itself; it computes TPM2
+    # policy digests with the TSS, which systemd loads at run time (dlopen).
+    "systemd", "libtss2-esys-3.0.2-0t64", "libtss2-mu-4.0.1-0t64", "libtss2-rc0t64",
     # Keys in an HSM: OpenSSL's pkcs11 provider finds modules through p11-kit; SoftHSM is
     # a software token for trying that out (and the tests), openssl checks a key in one.
     "openssl", "pkcs11-provider", "p11-kit", "softhsm2",

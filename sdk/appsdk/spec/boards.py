@@ -72,6 +72,7 @@ class Emulator:
     watchdog: str | None
     extra_args: tuple[str, ...] = ()
     console: str | None = None  # the tty Linux sees the emulated UART as (ttyS0, ttyAMA0)
+    tpm: str | None = None  # QEMU's TPM 2.0 device model (tpm-crb, tpm-tis-device), swtpm behind
 
 
 def pick_emulator(board: str, emulators: tuple[Emulator, ...], name: str | None) -> Emulator:
@@ -226,7 +227,7 @@ def load_board_file(path: Path) -> Board:
         for em_name in all_em.data:
             em = all_em.sub(em_name, {"qemu", "machine", "cpu", "memory_mib", "firmware_code",
                                       "firmware_vars", "bios", "watchdog", "extra_args",
-                                      "console"})
+                                      "console", "tpm"})
             bios = firmware_ref(em.text("bios")) if em.has("bios") else None
             if bool(bios) == em.has("firmware_code"):
                 raise src.error(("emulators", em_name),
@@ -243,6 +244,7 @@ def load_board_file(path: Path) -> Board:
                 watchdog=em.text("watchdog") if em.has("watchdog") else None,
                 extra_args=em.texts("extra_args"),
                 console=em.text("console") if em.has("console") else None,
+                tpm=em.text("tpm") if em.has("tpm") else None,
             ))
 
     return Board(

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 
 from appsdk.core.errors import ConfigError
+from appsdk.trust.x509 import der_item
 
 EFI_GLOBAL_VARIABLE = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")  # PK, KEK
 EFI_IMAGE_SECURITY_DATABASE = uuid.UUID("d719b2cb-3d3a-4596-a3bc-dad00e67656f")  # db, dbx
@@ -71,25 +72,6 @@ def authenticated(timestamp: bytes, signed_data: bytes, data: bytes) -> bytes:
     return timestamp + win_cert + signed_data + data
 
 
-def _tlv(blob: bytes, at: int) -> tuple[int, int, int]:
-    """(tag, start of value, end of value) of the DER element at `at`."""
-    if at + 2 > len(blob):
-        raise ValueError("DER truncated")
-    tag, first = blob[at], blob[at + 1]
-    at += 2
-    if first < 0x80:
-        length = first
-    else:
-        count = first & 0x7F
-        if count == 0 or count > 4 or at + count > len(blob):
-            raise ValueError("DER length not supported")
-        length = int.from_bytes(blob[at:at + count], "big")
-        at += count
-    if at + length > len(blob):
-        raise ValueError("DER truncated")
-    return tag, at, at + length
-
-
 SIGNED_DATA_OID = bytes.fromhex("06092a864886f70d010702")  # 1.2.840.113549.1.7.2
 
 
@@ -97,14 +79,14 @@ def unwrap_content_info(der: bytes) -> bytes:
     """The SignedData inside a CMS ContentInfo (what `openssl cms -sign` writes). UEFI's
     CertData is the bare SignedData, as efitools and EDK2's own tools write it."""
     try:
-        tag, start, end = _tlv(der, 0)
+        tag, start, end = der_item(der, 0)
         if tag != 0x30 or end != len(der) or der[start:start + len(SIGNED_DATA_OID)] \
                 != SIGNED_DATA_OID:
             raise ValueError("not a ContentInfo of signedData")
-        tag, inner, inner_end = _tlv(der, start + len(SIGNED_DATA_OID))
+        tag, inner, inner_end = der_item(der, start + len(SIGNED_DATA_OID))
         if tag != 0xA0 or inner_end != end:
             raise ValueError("no [0] content")
-        tag, _, sd_end = _tlv(der, inner)
+        tag, _, sd_end = der_item(der, inner)
         if tag != 0x30 or sd_end != inner_end:
             raise ValueError("content is not a SEQUENCE")
     except ValueError as exc:

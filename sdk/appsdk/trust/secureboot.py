@@ -8,6 +8,10 @@ Layout of a key set directory (mode 0700, private keys 0600):
     PK.auth KEK.auth db.auth                      EFI_VARIABLE_AUTHENTICATION_2 + ESL
     db.uri                                        instead of db.key: the db key is in an
                                                   HSM, named by this PKCS#11 URI
+    pcr.key pcr.crt (or pcr.uri pcr.crt)          the PCR key: signs each UKI's expected
+                                                  PCR 11 values (.pcrsig), so the TPM can
+                                                  unseal /var for any UKI it signed (made
+                                                  with the set since stop 16; optional)
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from appsdk.core.runner import Runner
 from appsdk.core.sandbox import Sandbox
 from appsdk.spec import fields
 from appsdk.spec.appliance import Appliance
-from appsdk.trust import efivar, keys, pkcs11
+from appsdk.trust import efivar, keys, pkcs11, x509
 from appsdk.trust.keydir import prepare_dir, undo_dir
 
-ROLES = ("PK", "KEK", "db")
+ROLES = ("PK", "KEK", "db")  # the enrolled keys
+PCR = "pcr"  # the PCR policy key: never enrolled, only its public key rides in each UKI
 SUBDIR = "secure-boot"  # the key set's place in an appliance's key directory
 RSA_BITS = 2048  # what every UEFI implementation must verify (UEFI 2.10, 32.2.6)
 VALID_DAYS = 30 * 365  # firmware does not check expiry; a device outlives most certificates
@@ -62,18 +67,39 @@ class SecureBootKeys:
 
     @property
     def db_uri(self) -> Path:
-        return self.directory / "db.uri"
+        return self.uri("db")
+
+    def uri(self, role: str) -> Path:
+        return self.directory / f"{role}.uri"
+
+    def signer(self, role: str) -> Path | pkcs11.Pkcs11Key:
+        """What signs for `role`: its PEM file, or the PKCS#11 URI of `role`.uri."""
+        uri = self.uri(role)
+        if uri.is_file():
+            return pkcs11.parse_uri(uri.read_text(encoding="utf-8").strip(),
+                                    field=uri.name, file=str(uri))
+        return self.key(role)
 
     def db_signer(self) -> Path | pkcs11.Pkcs11Key:
-        """What signs with the db key: its PEM file, or the PKCS#11 URI of db.uri."""
-        if self.db_uri.is_file():
-            return pkcs11.parse_uri(self.db_uri.read_text(encoding="utf-8").strip(),
-                                    field="db.uri", file=str(self.db_uri))
-        return self.db_key
+        return self.signer("db")
 
     def db_fingerprint(self) -> str:
         """SHA-256 of the db certificate (DER): what a build records as its signer."""
-        return hashlib.sha256(_pem_to_der(self.db_cert.read_text())).hexdigest()
+        return hashlib.sha256(x509.pem_to_der(self.db_cert.read_text())).hexdigest()
+
+    def has_pcr_key(self) -> bool:
+        return self.cert(PCR).is_file()
+
+    def pcr_public_key(self) -> str:
+        """The PCR key's public key (PEM SubjectPublicKeyInfo), read from pcr.crt: what goes
+        into each UKI's .pcrpkey section and what the TPM policy is bound to."""
+        return x509.public_key_pem(x509.pem_to_der(self.cert(PCR).read_text()))
+
+    def pcr_fingerprint(self) -> str:
+        """The "pkfp" systemd writes into .pcrsig: SHA-256 of the key as i2d_PublicKey
+        encodes it (RSAPublicKey DER, not the SubjectPublicKeyInfo)."""
+        der = x509.pem_to_der(self.cert(PCR).read_text())
+        return hashlib.sha256(x509.subject_public_key(x509.spki(der))).hexdigest()
 
 
 def directory_for(app: Appliance, key_dir: Path | None = None,
@@ -89,19 +115,10 @@ def directory_for(app: Appliance, key_dir: Path | None = None,
     return keys.home_for(app, key_dir) / SUBDIR
 
 
-def _pem_to_der(pem: str) -> bytes:
-    import base64
-
-    match = re.search(r"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", pem, re.S)
-    if not match:
-        raise ValueError("no PEM certificate")
-    return base64.b64decode("".join(match.group(1).split()), validate=True)
-
-
 def _subject(name: str, role: str) -> str:
     # -subj has its own escapes (/ = + ,); a display name needs none of them.
     safe = re.sub(r"[^A-Za-z0-9 ._-]", "_", name).strip() or "appliance"
-    return f"/CN={safe[:40]} Secure Boot {role}"
+    return f"/CN={safe[:40]} " + ("PCR policy" if role == PCR else f"Secure Boot {role}")
 
 
 def _openssl(runner: Runner) -> str:
@@ -114,27 +131,31 @@ def _openssl(runner: Runner) -> str:
 
 def generate(directory: Path, name: str, app_id: str, runner: Runner, *,
              db_key: Path | pkcs11.Pkcs11Key | None = None, db_cert: Path | None = None,
+             pcr_key: Path | pkcs11.Pkcs11Key | None = None, pcr_cert: Path | None = None,
              when: dt.datetime | None = None, hsm: Sandbox | None = None) -> SecureBootKeys:
     """A new key set in `directory` (made here, or an empty private one). `db_key` and
     `db_cert`: a db key the product team already has (both or neither), a PEM file or a key
     in an HSM (PKCS#11 URI; `hsm` is the sandbox with OpenSSL's pkcs11 provider, the tools
-    tree); PK and KEK are made around it. `when`: the enrollment payloads' timestamp
-    (default: now, or SOURCE_DATE_EPOCH)."""
-    if (db_key is None) != (db_cert is None):
-        raise ConfigError("a db key needs its certificate, and a certificate its key",
-                          field=Option("db_key" if db_key is None else "db_cert"),
-                          hint="give both, or neither to have appsdk make a db key")
+    tree); PK and KEK are made around it. `pcr_key` and `pcr_cert` likewise for the PCR
+    key. `when`: the enrollment payloads' timestamp (default: now, or SOURCE_DATE_EPOCH)."""
+    given = {"db": (db_key, db_cert), PCR: (pcr_key, pcr_cert)}
+    for role, (key, cert) in given.items():
+        if (key is None) != (cert is None):
+            raise ConfigError(f"a {role} key needs its certificate, and a certificate its key",
+                              field=Option(f"{role}_key" if key is None else f"{role}_cert"),
+                              hint=f"give both, or neither to have appsdk make a {role} key")
     openssl = _openssl(runner)
     created = prepare_dir(directory, markers=("PK.key", "db.crt"), what="a Secure Boot key set",
                           option=Option("keys"))
     keyset = SecureBootKeys(directory)
     try:
-        for role in ROLES:
-            if role == "db" and isinstance(db_key, pkcs11.Pkcs11Key) and db_cert is not None:
-                _import_db_uri(keyset, db_key, db_cert, hsm, runner)
+        for role in (*ROLES, PCR):
+            key, cert = given.get(role, (None, None))
+            if isinstance(key, pkcs11.Pkcs11Key) and cert is not None:
+                _import_uri(keyset, role, key, cert, hsm, runner)
                 continue
-            if role == "db" and isinstance(db_key, Path) and db_cert is not None:
-                _import_db(keyset, db_key, db_cert, openssl, runner)
+            if isinstance(key, Path) and cert is not None:
+                _import_files(keyset, role, key, cert, openssl, runner)
                 continue
             runner.run([openssl, "req", "-new", "-x509", "-newkey", f"rsa:{RSA_BITS}",
                         "-nodes", "-sha256", "-days", str(VALID_DAYS),
@@ -152,10 +173,10 @@ def generate(directory: Path, name: str, app_id: str, runner: Runner, *,
     return keyset
 
 
-def _import_db(keyset: SecureBootKeys, key: Path, cert: Path, openssl: str,
-               runner: Runner) -> None:
-    """Copy a given db key and certificate in, after checking they belong together."""
-    for path, flag in ((key, "db_key"), (cert, "db_cert")):
+def _import_files(keyset: SecureBootKeys, role: str, key: Path, cert: Path, openssl: str,
+                  runner: Runner) -> None:
+    """Copy a given key and certificate in, after checking they belong together."""
+    for path, flag in ((key, f"{role}_key"), (cert, f"{role}_cert")):
         if not path.is_file():
             raise ConfigError("no such file", file=str(path), field=Option(flag))
     try:
@@ -163,38 +184,39 @@ def _import_db(keyset: SecureBootKeys, key: Path, cert: Path, openssl: str,
         key_pub = runner.run([openssl, "pkey", "-pubout", "-in", str(key)]).stdout
     except CommandFailed as exc:
         raise ConfigError(f"not a PEM key or certificate openssl can read:\n{exc.stderr.strip()}",
-                          file=str(cert), field=Option("db_cert"),
-                          hint="give the db certificate and its private key in PEM") from None
+                          file=str(cert), field=Option(f"{role}_cert"),
+                          hint=f"give the {role} certificate and its private key in PEM") from None
     if cert_pub.strip() != key_pub.strip():
         raise ConfigError("the certificate is not for this key", file=str(cert),
-                          field=Option("db_cert"), hint="give the certificate of --db-key")
-    shutil.copyfile(cert, keyset.db_cert)
-    fd = os.open(keyset.db_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                          field=Option(f"{role}_cert"),
+                          hint=f"give the certificate of --{role}-key")
+    shutil.copyfile(cert, keyset.cert(role))
+    fd = os.open(keyset.key(role), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(key.read_bytes())
 
 
-def _import_db_uri(keyset: SecureBootKeys, key: pkcs11.Pkcs11Key, cert: Path,
-                   hsm: Sandbox | None, runner: Runner) -> None:
-    """Record a db key held in an HSM (db.uri), after proving with the token that it is the
+def _import_uri(keyset: SecureBootKeys, role: str, key: pkcs11.Pkcs11Key, cert: Path,
+                hsm: Sandbox | None, runner: Runner) -> None:
+    """Record a key held in an HSM (`role`.uri), after proving with the token that it is the
     key of `cert`: a challenge signed there verifies with the certificate's public key."""
     if hsm is None:
         raise ConfigError("a PKCS#11 key needs the tools tree (OpenSSL's pkcs11 provider)",
-                          field=Option("db_key"))
+                          field=Option(f"{role}_key"))
     if not cert.is_file():
-        raise ConfigError("no such file", file=str(cert), field=Option("db_cert"))
+        raise ConfigError("no such file", file=str(cert), field=Option(f"{role}_cert"))
     with pkcs11.provider_env(key) as provider, \
             tempfile.TemporaryDirectory(prefix="appsdk-hsm-") as tmp:
         work = Path(tmp)
-        shutil.copyfile(cert, work / "db.crt")
+        shutil.copyfile(cert, work / "key.crt")
         (work / "challenge").write_bytes(os.urandom(32))
         box = Sandbox(hsm.tree, binds=(work, *provider.rw), ro_binds=provider.ro)
         steps = (
-            ["openssl", "x509", "-noout", "-pubkey", "-in", f"{work}/db.crt",
-             "-out", f"{work}/db.pub"],
+            ["openssl", "x509", "-noout", "-pubkey", "-in", f"{work}/key.crt",
+             "-out", f"{work}/key.pub"],
             ["openssl", "dgst", "-sha256", "-sign", key.uri, "-out", f"{work}/challenge.sig",
              f"{work}/challenge"],
-            ["openssl", "dgst", "-sha256", "-verify", f"{work}/db.pub", "-signature",
+            ["openssl", "dgst", "-sha256", "-verify", f"{work}/key.pub", "-signature",
              f"{work}/challenge.sig", f"{work}/challenge"],
         )
         for step, what in zip(steps, ("read the certificate", "sign with the key in the HSM",
@@ -208,12 +230,12 @@ def _import_db_uri(keyset: SecureBootKeys, key: pkcs11.Pkcs11Key, cert: Path,
                     f"cannot {what} ({key.redacted}):\n"
                     f"{exc.stderr.strip() or f'openssl exited with status {exc.returncode}'}",
                     file=str(cert) if mismatch or what.startswith("read") else None,
-                    field=Option("db_cert" if mismatch else "db_key"),
-                    hint="give the certificate of --db-key" if mismatch else
+                    field=Option(f"{role}_cert" if mismatch else f"{role}_key"),
+                    hint=f"give the certificate of --{role}-key" if mismatch else
                     "check the URI, the token's PIN and that the token is present "
                     f"(${pkcs11.BIND_ENV} lists what its module needs)") from None
-    shutil.copyfile(cert, keyset.db_cert)
-    fd = os.open(keyset.db_uri, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # may hold a PIN
+    shutil.copyfile(cert, keyset.cert(role))
+    fd = os.open(keyset.uri(role), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # may hold a PIN
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(key.uri + "\n")
 
@@ -230,7 +252,7 @@ def write_enrollment(keyset: SecureBootKeys, app_id: str, runner: Runner,
     owner = uuid.uuid5(OWNER_NAMESPACE, app_id)
     with tempfile.TemporaryDirectory(prefix="appsdk-sb-") as tmp:
         for role in ROLES:
-            der = _pem_to_der(keyset.cert(role).read_text())
+            der = x509.pem_to_der(keyset.cert(role).read_text())
             data = efivar.signature_list(der, owner)
             payload = Path(tmp) / f"{role}.payload"
             payload.write_bytes(efivar.signed_payload(efivar.Variable(role), stamp, data))
@@ -269,6 +291,7 @@ def load(directory: Path) -> SecureBootKeys:
         keyset.db_signer()
     except UnicodeDecodeError:
         raise ConfigError("is not UTF-8", file=str(keyset.db_uri)) from None
+    _check_pcr(keyset)
     for role in ROLES:
         try:
             _, _, data = efivar.parse_authenticated(keyset.auth(role).read_bytes())
@@ -279,6 +302,30 @@ def load(directory: Path) -> SecureBootKeys:
                               hint="make the key set again with `appsdk keys secure-boot`") \
                 from None
     return keyset
+
+
+def _check_pcr(keyset: SecureBootKeys) -> None:
+    """The PCR key is optional (key sets from before it have none), but what is there must
+    be whole: one private key (file or URI) and its certificate."""
+    key, uri, cert = keyset.key(PCR), keyset.uri(PCR), keyset.cert(PCR)
+    if key.exists() and uri.exists():
+        raise ConfigError("the key set has both pcr.key and pcr.uri: which PCR key signs?",
+                          file=str(keyset.directory), hint="remove the one that is not it")
+    if (key.exists() or uri.exists()) != cert.exists():
+        raise ConfigError("PCR key incomplete: " + ("no pcr.crt" if not cert.exists()
+                                                    else "no pcr.key or pcr.uri"),
+                          file=str(keyset.directory),
+                          hint="make the key set again with `appsdk keys secure-boot`")
+    if not cert.exists():
+        return
+    try:
+        keyset.pcr_fingerprint()
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError("is not a PEM certificate", file=str(cert)) from None
+    try:
+        keyset.signer(PCR)
+    except UnicodeDecodeError:
+        raise ConfigError("is not UTF-8", file=str(uri)) from None
 
 
 def write_vars(keyset: SecureBootKeys, app_id: str, template: Path, output: Path,
