@@ -31,7 +31,7 @@ SIG_MAX = 64 * 1024  # .pcrsig holds a few signatures of a few hundred bytes
 class PcrSignature:
     bank: str
     pcrs: tuple[int, ...]
-    key_fingerprint: str  # "pkfp": SHA-256 of the public key (DER)
+    key_fingerprint: str  # "pkfp": SHA-256 of the public key's RSAPublicKey DER
     policy: bytes  # "pol": the TPM2 policy digest that was signed
     signature: bytes
 

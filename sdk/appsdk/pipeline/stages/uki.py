@@ -23,11 +23,10 @@ class Uki:
     pcr_phases: int = 0  # boot phases with a signed PCR 11 policy (0: none)
 
 
-def pcr_args(keys: SecureBootKeys, public_key: Path,
-             provider: pkcs11.ProviderEnv) -> list[str]:
+def pcr_args(keys: SecureBootKeys, signer: Path | pkcs11.Pkcs11Key,
+             public_key: Path) -> list[str]:
     """ukify's options to sign the PCR 11 policy of every boot phase (its default set:
-    enter-initrd, then leave-initrd, sysinit, ready) with the key set's PCR key."""
-    signer = keys.signer(PCR)
+    enter-initrd, then leave-initrd, sysinit, ready) with the key set's PCR key `signer`."""
     common = [f"--pcrpkey={public_key}", f"--pcr-banks={pcrsig.BANK}"]
     if isinstance(signer, pkcs11.Pkcs11Key):
         # systemd-measure signs through OpenSSL's pkcs11 provider and reads the public key
@@ -54,7 +53,7 @@ def build_uki(board: Board, tree: Path, kernel: Path, kernel_version: str, initr
             public = output.parent / f".{output.name}.pcrpkey.pem"
             public.write_text(pcr_keys.pcr_public_key())
             stack.callback(public.unlink, missing_ok=True)
-            extra = pcr_args(pcr_keys, public, provider)
+            extra = pcr_args(pcr_keys, signer, public)
             ro = (pcr_keys.directory, *provider.ro)
         box = tools.sandbox(binds=(output.parent, *provider.rw),
                             ro_binds=tuple(dict.fromkeys((tree, kernel.parent, initrd.parent,
