@@ -34,6 +34,9 @@ def test_defaults(tmp_path: Path) -> None:
     assert app.console.autologin is False
     assert app.version == "1"
     assert app.boot.tries == 3 and app.firmware is None
+    assert app.update.compression == "xz"
+    gz = load_appliance(write(tmp_path, "id: x\nversion: '1'\nupdate:\n  compression: gzip\n"))
+    assert gz.update.compression == "gzip"
 
 
 @pytest.mark.parametrize(
@@ -52,6 +55,8 @@ def test_defaults(tmp_path: Path) -> None:
         ("id: ok\nversion: '1'\nhealth:\n  - name: a\n    url: x\n    unit: y\n", 4, "health[0]",
          "exactly one"),
         ("id: ok\nversion: '1'\nupdate:\n  url: ftp://x\n", 4, "update.url", "http"),
+        ("id: ok\nversion: '1'\nupdate:\n  compression: zstd\n", 4, "update.compression",
+         "'zstd' is not a compression (xz, gzip)"),
         ("version: '1'\n", 1, "id", "required"),
         ("id: ok\nversion: '1'\nschema: 2\n", 3, "schema", "not supported"),
         ("id: ok\nversion: '1'\nservices: [hello]\n", 3, "services[0]", "unit name"),

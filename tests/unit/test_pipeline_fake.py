@@ -6,6 +6,7 @@ no real program: PATH holds only stubs that are never executed."""
 from __future__ import annotations
 
 import fcntl
+import gzip
 import hashlib
 import json
 import lzma
@@ -59,7 +60,7 @@ class Tools:
         return {"mmdebstrap": self.mmdebstrap, "cp": self.cp, "dracut": self.dracut,
                 "mkfs.erofs": self.mkfs_erofs, "veritysetup": self.veritysetup,
                 "ukify": self.ukify, "systemd-repart": self.repart, "xz": self.xz,
-                "gpg": self.gpg}
+                "gzip": self.gzip, "gpg": self.gpg}
 
     def data(self, what: str, size: int = 8192) -> bytes:
         return (f"{self.tag}:{what}:".encode() * size)[:size]
@@ -134,6 +135,13 @@ class Tools:
         if call.stdout is None or not call.readable(source):
             return call.fail(f"xz: {source}: No such file or directory")
         call.stdout.write_bytes(lzma.compress(source.read_bytes()))
+        return None
+
+    def gzip(self, call: Call) -> Result | None:
+        source = Path(call.argv[-1])
+        if call.stdout is None or not call.readable(source) or "-n" not in call.argv:
+            return call.fail(f"gzip: {source}: No such file or directory (or no -n)")
+        call.stdout.write_bytes(gzip.compress(source.read_bytes(), mtime=0))
         return None
 
     def gpg(self, call: Call) -> Result | None:
@@ -234,6 +242,24 @@ def test_a_build_publishes_every_artifact_and_build_json_and_nothing_else(
     assert [p["label"] for p in record["partitions"]] == ["esp", "hello_1.0"]
     assert record["kernel"] == KERNEL
     assert not any(e.kind == "stage-failed" for e in reporter.events)
+
+
+def test_update_compression_gzip_names_records_and_packs_the_update_files(
+        project: Project) -> None:
+    config = project.source / "appliance.yaml"
+    text = config.read_text()
+    assert "\nupdate:\n" in text
+    config.write_text(text.replace("\nupdate:\n", "\nupdate:\n  compression: gzip\n", 1))
+    project.build(Tools("A"))
+    files = published(project.output)
+    record = load_build(project.output)
+    assert record["update"]["compression"] == "gzip"
+    assert set(parse_sums(files[SUMS].decode(), SUMS)) == {
+        "hello_1.0.efi.gz", "hello_1.0.usr.gz", "hello_1.0.verity.gz"}
+    for kind in ("uki", "usr", "verity"):
+        packed = files[record["artifacts"][f"update-{kind}"]["file"]]
+        assert gzip.decompress(packed) == files[PUBLISHED[kind]]
+    assert_consistent(project.output)
 
 
 def test_a_rebuild_replaces_the_previous_build(project: Project) -> None:

@@ -124,7 +124,7 @@ FIELDS = ["schema", "appsdk", "kernel", "esp_files", "partitions", "partitions.0
           "partitions.0.offset", "bmap", "bmap.mapped_bytes", "partition_sizes",
           "partition_sizes.esp", "tools", "tools.systemd", "seconds", "firmware",
           "firmware.u-boot", "firmware.u-boot.sha256", "verity", "verity.roothash",
-          "update.automatic", "board.emulators", "board.emulators.0",
+          "update.automatic", "update.compression", "board.emulators", "board.emulators.0",
           "board.emulators.0.memory_mib", "board.emulators.0.firmware_code",
           "board.emulators.0.extra_args", "board.emulators.0.bios", "board.console"]
 

@@ -48,11 +48,12 @@ def key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SigningKey]:
 
 def make_build(directory: Path, version: str, *, arch: str = "x86-64", app_id: str = "hello",
                salt: str = "", signed_by: str | None = None,
-               secure_boot_db: str | None = None) -> Path:
-    """A build directory as the pipeline leaves it, with small fake update artifacts."""
+               secure_boot_db: str | None = None, compression: str | None = None) -> Path:
+    """A build directory as the pipeline leaves it, with small fake update artifacts
+    (compression None: a build.json from before update.compression, i.e. xz)."""
     directory.mkdir(parents=True)
     artifacts = {}
-    for kind, name in update_names(app_id, version).items():
+    for kind, name in update_names(app_id, version, compression or "xz").items():
         data = f"{kind} {version} {arch} {salt}".encode() * 100
         (directory / name).write_bytes(data)
         artifacts[f"update-{kind}"] = {"file": name, "size": len(data),
@@ -60,7 +61,9 @@ def make_build(directory: Path, version: str, *, arch: str = "x86-64", app_id: s
     for kind, name in (("image", f"{app_id}_{version}.img"), ("bmap", "x.img.bmap")):
         artifacts[kind] = {"file": name, "size": 0, "sha256": hashlib.sha256().hexdigest()}
     record = {"id": app_id, "version": version, "board": {"name": "x", "arch": arch},
-              "artifacts": artifacts, "update": {"signed_by": signed_by},
+              "artifacts": artifacts, "update": {"signed_by": signed_by,
+                                                 **({"compression": compression}
+                                                    if compression else {})},
               "secure_boot": {"db_cert_sha256": secure_boot_db, "enroll": "if-safe"}
               if secure_boot_db else None}
     (directory / "build.json").write_text(json.dumps(record))
@@ -369,6 +372,32 @@ def test_uki_signers_cannot_be_mixed(tmp_path: Path, v1_out: Path, key: SigningK
 
 
 @needs_gpg
+def test_compressions_cannot_be_mixed(tmp_path: Path, v1_out: Path, key: SigningKey) -> None:
+    """A device looks only for its own version's suffix (.xz or .gz): a release that mixed
+    them would hide every later version from the devices of the earlier one."""
+    gz2 = make_build(tmp_path / "g2", "2.0", compression="gzip")
+    before = snapshot(v1_out)  # published before the field: xz
+    with pytest.raises(ConfigError, match="publishes xz update files; these builds' are gzip"):
+        release(v1_out, [gz2], key, Runner())
+    assert snapshot(v1_out) == before
+    with pytest.raises(ConfigError, match=r"compress their update files differently "
+                       r"\(xz and gzip\)"):
+        release(tmp_path / "new", [tmp_path / "b1", gz2], key, Runner())
+    assert not (tmp_path / "new").exists()
+    # An explicit xz is the same as a build.json from before the field.
+    release(v1_out, [make_build(tmp_path / "x2", "2.0", compression="xz")], key, Runner())
+    out = tmp_path / "gz"
+    release(out, [gz2], key, Runner())
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["compression"] == "gzip"
+    assert sorted(manifest["files"]) == ["hello_2.0.efi.gz", "hello_2.0.usr.gz",
+                                         "hello_2.0.verity.gz"]
+    release(out, [make_build(tmp_path / "g3", "3.0", compression="gzip")], key, Runner())
+    with pytest.raises(ConfigError, match="publishes gzip update files; these builds' are xz"):
+        release(out, [make_build(tmp_path / "x4", "4.0")], key, Runner())
+
+
+@needs_gpg
 def test_changed_artifact_refused_before_anything_changes(tmp_path: Path, v1_out: Path,
                                                           key: SigningKey) -> None:
     build = make_build(tmp_path / "b2", "2.0")
@@ -481,12 +510,14 @@ def test_any_build_json_is_read_or_refused(tmp_path: Path, data: st.DataObject) 
         rel._read_builds([build], FAKE_KEY)
 
 
-@settings(max_examples=100, deadline=None,  # three manifests an example
+@settings(max_examples=100, deadline=None,  # four manifests an example
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(value=JSON, raw=st.binary(max_size=40))
 def test_any_manifest_is_read_or_refused(tmp_path: Path, value: Any, raw: bytes) -> None:
     for content in (json.dumps(value).encode(), raw,
-                    json.dumps({"format": 1, "id": "a", "arch": "b", "files": value}).encode()):
+                    json.dumps({"format": 1, "id": "a", "arch": "b", "files": value}).encode(),
+                    json.dumps({"format": 1, "id": "a", "arch": "b", "files": {},
+                                "compression": value}).encode()):
         (tmp_path / MANIFEST).write_bytes(content)
         with contextlib.suppress(ConfigError):
             rel._load_manifest(tmp_path / MANIFEST)

@@ -18,7 +18,7 @@ from appsdk.contract.ondevice import sysupdate_transfers
 from appsdk.contract.updatefiles import format_sums, parse_sums, sha256sums, update_names
 from appsdk.core.errors import ConfigError, VerifyFailed
 from appsdk.core.runner import Runner
-from appsdk.spec.appliance import load_appliance
+from appsdk.spec.appliance import COMPRESSIONS, load_appliance
 from appsdk.spec.boards import load_board
 from appsdk.trust import keys
 
@@ -26,11 +26,13 @@ REPO = Path(__file__).resolve().parents[2]
 needs_gpg = pytest.mark.skipif(shutil.which("gpg") is None, reason="gpg not installed")
 
 
-def transfers(tries: int | None = None, board: str = "x86-uefi"
+def transfers(tries: int | None = None, board: str = "x86-uefi", compression: str = "xz"
               ) -> dict[str, configparser.ConfigParser]:
     app = load_appliance(REPO / "examples/hello")
     if tries is not None:
         app = dataclasses.replace(app, boot=dataclasses.replace(app.boot, tries=tries))
+    app = dataclasses.replace(app, update=dataclasses.replace(app.update,
+                                                              compression=compression))
     layout = layout_for(app, load_board(board))
     out = {}
     for name, text in sysupdate_transfers(app, layout, "https://updates.example.com/hello").items():
@@ -62,6 +64,44 @@ def test_partition_targets() -> None:
     verity = transfers()["40-verity.transfer"]
     assert verity["Target"]["MatchPattern"] == "verity_@v"
     assert verity["Target"]["MatchPartitionType"] == "usr-x86-64-verity"
+
+
+def test_sources_match_the_compressions_suffix() -> None:
+    """The device's patterns and the build's file names come from one place."""
+    for compression, suffix in (("xz", ".xz"), ("gzip", ".gz")):
+        files = transfers(compression=compression)
+        names = update_names("hello", "@v", compression)
+        assert [files[f"{n}.transfer"]["Source"]["MatchPattern"]
+                for n in ("40-verity", "50-usr", "90-uki")] == [
+            names["verity"], names["usr"], names["uki"]]
+        assert names["usr"] == f"hello_@v.usr{suffix}"
+
+
+@pytest.mark.parametrize("name", list(COMPRESSIONS))
+def test_each_compressor_round_trips_and_is_reproducible(tmp_path: Path, name: str) -> None:
+    """The build's exact argv, with the real tool: what comes out unpacks to the input, and
+    the same input gives the same bytes (also at another thread count, and another mtime)."""
+    codec = COMPRESSIONS[name]
+    if shutil.which(codec.argv[0]) is None:
+        pytest.skip(f"{codec.argv[0]} not installed")
+    source = tmp_path / "usr"
+    # Some of it compressible, some not, and more than one xz block (16 MiB) is not needed:
+    # the block size is fixed, so the thread count cannot change the split.
+    source.write_bytes((b"erofs " * 200_000) + hashlib.sha256(b"x").digest() * 40_000)
+
+    def pack(argv: tuple[str, ...], mtime: int) -> bytes:
+        import os
+        os.utime(source, (mtime, mtime))
+        return subprocess.run([*argv, str(source)], capture_output=True, check=True).stdout
+
+    packed = pack(codec.argv, 1)
+    unpacked = subprocess.run(codec.unpack, input=packed, capture_output=True, check=True)
+    assert unpacked.stdout == source.read_bytes()
+    assert len(packed) < source.stat().st_size
+    assert pack(codec.argv, 2) == packed
+    if name == "xz":
+        # -T0 is multithreaded mode at any core count; -T+1 is that mode with one thread.
+        assert pack(tuple(a.replace("-T0", "-T+1") for a in codec.argv), 3) == packed
 
 
 def test_uki_target_counts_boots() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from appsdk.contract.record import SCHEMA, BuildRecord
 from appsdk.core.errors import ConfigError
 from appsdk.core.inputfile import open_regular
-from appsdk.spec.appliance import ID_PATTERN, VERSION_PATTERN
+from appsdk.spec.appliance import COMPRESSIONS, ID_PATTERN, VERSION_PATTERN
 
 BUILD_JSON = "build.json"
 MAX_BYTES = 4 * 1024 * 1024  # a real build.json is a few KiB
@@ -216,6 +216,8 @@ def check_record(data: object, file: Path) -> dict[str, Any]:
         for key in ("url", "signed_by"):
             _text(update, key, file, f"update.{key}", required=False)
         _get(update, "automatic", bool, file, "update.automatic", required=False)
+        _text(update, "compression", file, "update.compression",
+              "|".join(COMPRESSIONS), required=False)
     _details(data, file)
     return data
 

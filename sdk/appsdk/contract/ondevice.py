@@ -143,7 +143,7 @@ def sysupdate_transfers(app: Appliance, layout: Layout, url: str) -> dict[str, s
     """/usr/lib/sysupdate.d: the verity tree and /usr into the free slot first, the UKI last,
     so a boot entry only appears once everything it needs is in place. Every transfer
     protects the running version (%A), or vacuuming right after an update could erase it."""
-    names = update_names(app.id, "@v")
+    names = update_names(app.id, "@v", app.update.compression)
     # sysupdate expands %-specifiers in Path=: a literal % (URL escapes) must be doubled.
     path = url.rstrip("/").replace("%", "%%") + "/"
     source: dict[str, str | int] = {"Type": "url-file", "Path": path}

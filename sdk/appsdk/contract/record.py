@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from appsdk.contract.esprecord import FirmwarePin
+from appsdk.spec.appliance import DEFAULT_COMPRESSION
 from appsdk.spec.boards import ARCHES, Board, Emulator, firmware_ref, pick_emulator
 
 SCHEMA = 2
@@ -60,6 +61,7 @@ class UpdateRecord:
     url: str | None = None
     signed_by: str | None = None  # the signing key's fingerprint
     automatic: bool = False
+    compression: str = DEFAULT_COMPRESSION  # of the update files (builds before it: xz)
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,8 @@ class BuildRecord:
                       for name, p in (data.get("firmware") or {}).items()},
             verity_roothash=(data.get("verity") or {}).get("roothash"),
             update=UpdateRecord(update.get("url"), update.get("signed_by"),
-                                bool(update.get("automatic", False))),
+                                bool(update.get("automatic", False)),
+                                update.get("compression", DEFAULT_COMPRESSION)),
             secure_boot=SecureBootRecord(**data["secure_boot"]) if data.get("secure_boot")
             else None,
             file=file)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from appsdk.core.digest import sha256_file
 from appsdk.core.errors import ConfigError
+from appsdk.spec.appliance import COMPRESSIONS, DEFAULT_COMPRESSION
 
 SUMS = "SHA256SUMS"
 SUMS_SIGNATURE = f"{SUMS}.gpg"  # detached OpenPGP signature of SUMS
@@ -17,10 +18,12 @@ SUMS_SIGNATURE = f"{SUMS}.gpg"  # detached OpenPGP signature of SUMS
 _SUMS_LINE = re.compile(r"(?P<sha256>[0-9a-f]{64}) [ *](?P<name>(?!\.\.?$)[^/\x00\n]+)")
 
 
-def update_names(app_id: str, version: str) -> dict[str, str]:
+def update_names(app_id: str, version: str,
+                 compression: str = DEFAULT_COMPRESSION) -> dict[str, str]:
     """Artifact kind -> file name; the sysupdate.d source patterns match these."""
-    return {"uki": f"{app_id}_{version}.efi.xz", "usr": f"{app_id}_{version}.usr.xz",
-            "verity": f"{app_id}_{version}.verity.xz"}
+    suffix = COMPRESSIONS[compression].suffix
+    return {"uki": f"{app_id}_{version}.efi{suffix}", "usr": f"{app_id}_{version}.usr{suffix}",
+            "verity": f"{app_id}_{version}.verity{suffix}"}
 
 
 def sha256sums(directory: Path, names: list[str]) -> str:

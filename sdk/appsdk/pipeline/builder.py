@@ -175,10 +175,12 @@ def _build(source: Path, claims: contextlib.ExitStack, *, board: str | None,
         block_map = bmap.create(disk.path)
         bmap.write(block_map, staging / f"{base}.img.bmap")
         r["message"] = f"({block_map.mapped_bytes / 1e6:.0f} MB mapped)"
-    with stage(reporter, "update", "xz artifacts, SHA256SUMS" + (", signature" if signing
-                                                                 else " (unsigned)")) as r:
+    compression = app.update.compression
+    with stage(reporter, "update", f"{compression} artifacts, SHA256SUMS"
+               + (", signature" if signing else " (unsigned)")) as r:
         update = build_update_files({"uki": uki.path, "usr": usr.path, "verity": verity.path},
-                                    app.id, app.version, staging, signing, tools, runner)
+                                    app.id, app.version, compression, staging, signing, tools,
+                                    runner)
         r["message"] = f"({sum(f.stat().st_size for f in update.files) / 1e6:.1f} MB)"
 
     # Everything the record needs from tools, before anything is published: a failure
@@ -187,7 +189,8 @@ def _build(source: Path, claims: contextlib.ExitStack, *, board: str | None,
     names = {"image": f"{base}.img", "bmap": f"{base}.img.bmap",
              "uki": uki_name(app.id, app.version), "usr": f"{base}.usr",
              "verity": f"{base}.verity", "sums": SUMS,
-             **{f"update-{k}": v for k, v in update_names(app.id, app.version).items()}}
+             **{f"update-{k}": v for k, v in update_names(app.id, app.version,
+                                                                 compression).items()}}
     if update.signature:
         names["signature"] = update.signature.name
     artifacts = publish(staging, output, names)
@@ -209,7 +212,7 @@ def _build(source: Path, claims: contextlib.ExitStack, *, board: str | None,
                   for name in pinned},
         verity_roothash=verity.roothash,
         update=UpdateRecord(url, signing.fingerprint if signing else None,
-                            app.update.automatic),
+                            app.update.automatic, compression),
         secure_boot=SecureBootRecord(db_sha256, app.secure_boot.enroll,
                                      sb.pcr_fingerprint() if uki.pcr_phases else None)
         if sb is not None and app.secure_boot is not None else None), output)

@@ -31,7 +31,7 @@ TOOLS_USED = {
     "mkfs.vfat": "dosfstools", "mcopy": "mtools", "veritysetup": "cryptsetup-bin",
     "xz": "xz-utils", "sfdisk": "fdisk", "gpg": "gnupg", "sbverify": "sbsigntool",
     "faketime": "faketime", "openssl": "openssl", "softhsm2-util": "softhsm2",
-    "depmod": "kmod",
+    "depmod": "kmod", "gzip": "gzip",
 }
 # Documentation, man pages and translations are never needed in a tree we build.
 DPKG_EXCLUDES = (

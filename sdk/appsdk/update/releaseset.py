@@ -18,6 +18,7 @@ from appsdk.core.digest import sha256_file
 from appsdk.core.errors import ConfigError, VerifyFailed
 from appsdk.core.runner import Runner
 from appsdk.core.version import __version__
+from appsdk.spec.appliance import COMPRESSIONS, DEFAULT_COMPRESSION
 from appsdk.trust import keys
 from appsdk.trust.keys import SigningKey
 
@@ -50,6 +51,12 @@ class Builds:
     entries: dict[str, Entry]  # file name -> what build.json says it is
     sources: dict[str, Path]  # file name -> the artifact in its build directory
     secure_boot_db: str | None = None  # SHA-256 of the db certificate the UKIs are signed for
+    compression: str = DEFAULT_COMPRESSION  # of every update file: devices look for its suffix
+
+
+_COMPRESSION_HINT = ("a device looks only for the suffix its own version was built with: keep "
+                     "update.compression as the first published version had it, or release "
+                     "into a new directory")
 
 
 # --- inputs: build.json and what OUT already publishes -------------------------------------
@@ -88,6 +95,7 @@ def _old_build(where: str, field: str) -> NoReturn:
 def read_builds(builds: list[Path], key: SigningKey) -> Builds:
     first: tuple[str, str, Path] | None = None
     signed_for: str | None = None
+    compression = DEFAULT_COMPRESSION
     entries: dict[str, Entry] = {}
     sources: dict[str, Path] = {}
     for build in builds:
@@ -99,6 +107,7 @@ def read_builds(builds: list[Path], key: SigningKey) -> Builds:
         sb = record.secure_boot.db_cert_sha256 if record.secure_boot else None
         if first is None:
             first, signed_for = (app_id, arch, directory), sb
+            compression = record.update.compression
         if app_id != first[0]:
             raise ConfigError(f"builds of {first[0]} and {app_id} cannot share a release",
                               hint="one release directory per appliance")
@@ -113,11 +122,15 @@ def read_builds(builds: list[Path], key: SigningKey) -> Builds:
                               f"Boot keys ({_db(signed_for)} and {_db(sb)})",
                               hint="build every version of a release with the same "
                               "secure_boot key set")
+        if record.update.compression != compression:
+            raise ConfigError(f"{first[2]} and {directory} compress their update files "
+                              f"differently ({compression} and {record.update.compression})",
+                              hint=_COMPRESSION_HINT)
         signer = record.update.signed_by
         if signer and signer != key.fingerprint:
             raise ConfigError(f"{directory} was built for key {signer}, not {key.fingerprint}",
                               hint="devices only accept the key baked into their image")
-        for kind, expected in update_names(app_id, version).items():
+        for kind, expected in update_names(app_id, version, compression).items():
             field = f"artifacts.update-{kind}"
             artifact = record.artifacts.get(f"update-{kind}") or _old_build(where, field)
             name = artifact.file
@@ -131,7 +144,7 @@ def read_builds(builds: list[Path], key: SigningKey) -> Builds:
                                   "version")
             entries[name], sources[name] = entry, directory / name
     assert first is not None  # release() refuses an empty list
-    return Builds(first[0], first[1], entries, sources, signed_for)
+    return Builds(first[0], first[1], entries, sources, signed_for, compression)
 
 
 def _db(sha256: str | None) -> str:
@@ -173,7 +186,7 @@ def read_published(out: Path, new: Builds, key: SigningKey, runner: Runner) -> d
                           hint="release every version you still want into a fresh directory "
                           "and point the server there; appsdk signs only files whose "
                           "build.json it has read")
-    app_id, arch, files, signed_for = load_manifest(out / MANIFEST)
+    app_id, arch, files, signed_for, compression = load_manifest(out / MANIFEST)
     if app_id != new.app_id:
         raise ConfigError(f"publishes {app_id!r}, not {new.app_id!r}", file=str(out),
                           hint="one release directory per appliance")
@@ -185,6 +198,9 @@ def read_published(out: Path, new: Builds, key: SigningKey, runner: Runner) -> d
                           f"builds are signed for {_db(new.secure_boot_db)}", file=str(out),
                           hint="devices enrolled with one db key refuse the other's UKIs: "
                           "build with the published key set, or release into a new directory")
+    if compression != new.compression:
+        raise ConfigError(f"publishes {compression} update files; these builds' are "
+                          f"{new.compression}", file=str(out), hint=_COMPRESSION_HINT)
     strays = [name for name in present if name not in {*files, MANIFEST, SUMS, SIGNATURE}]
     if strays:
         raise ConfigError(f"holds files no release vouches for: {listing(strays)}",
@@ -199,8 +215,9 @@ def listing(names: list[str]) -> str:
     return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
 
 
-def load_manifest(path: Path) -> tuple[str, str, dict[str, Entry], str | None]:
-    """(id, arch, files, Secure Boot db certificate SHA-256 or None) of a manifest."""
+def load_manifest(path: Path) -> tuple[str, str, dict[str, Entry], str | None, str]:
+    """(id, arch, files, Secure Boot db certificate SHA-256 or None, compression) of a
+    manifest."""
     where = str(path)
     try:
         data = json.loads(path.read_bytes())
@@ -223,7 +240,12 @@ def load_manifest(path: Path) -> tuple[str, str, dict[str, Entry], str | None]:
         if signed_for is not None and not (isinstance(signed_for, str)
                                            and _SHA256.fullmatch(signed_for)):
             raise ConfigError("not a sha256", file=where, field="secure_boot_db")
-        return _text(data, where, "id"), _text(data, where, "arch"), files, signed_for
+        compression = data.get("compression", DEFAULT_COMPRESSION)  # older: xz
+        if not (isinstance(compression, str) and compression in COMPRESSIONS):
+            raise ConfigError(f"{json.dumps(compression)[:20]} is not a compression",
+                              file=where, field="compression")
+        return (_text(data, where, "id"), _text(data, where, "arch"), files, signed_for,
+                compression)
     except ConfigError as exc:  # whatever the field, the directory was edited
         raise ConfigError(exc.message, hint=EDITED) from None
 
@@ -263,6 +285,6 @@ def merge(previous: dict[str, Entry], new: Builds) -> dict[str, Entry]:
 
 def format_manifest(new: Builds, files: dict[str, Entry]) -> str:
     data = {"format": _FORMAT, "appsdk": __version__, "id": new.app_id, "arch": new.arch,
-            "secure_boot_db": new.secure_boot_db,
+            "secure_boot_db": new.secure_boot_db, "compression": new.compression,
             "files": {name: asdict(entry) for name, entry in sorted(files.items())}}
     return json.dumps(data, indent=2, sort_keys=True) + "\n"

@@ -1,5 +1,6 @@
-"""Stage update: the files systemd-sysupdate downloads (xz-compressed UKI, /usr image and
-verity tree), their SHA256SUMS and its detached signature SHA256SUMS.gpg."""
+"""Stage update: the files systemd-sysupdate downloads (the UKI, /usr image and verity
+tree, compressed as appliance.yaml says), their SHA256SUMS and its detached signature
+SHA256SUMS.gpg."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from appsdk.contract.updatefiles import SUMS, SUMS_SIGNATURE, sha256sums, update_names
 from appsdk.core.runner import Runner
 from appsdk.pipeline.tools import ToolsTree
+from appsdk.spec.appliance import COMPRESSIONS
 from appsdk.trust.keys import SigningKey, sign
 
 
@@ -19,11 +21,10 @@ class UpdateFiles:
     signature: Path | None
 
 
-def compress(source: Path, target: Path, tools: ToolsTree, runner: Runner) -> Path:
-    # -T0 uses every core; xz output does not depend on the thread count for one block size.
+def compress(source: Path, target: Path, compression: str, tools: ToolsTree,
+             runner: Runner) -> Path:
     tools.sandbox(ro_binds=(source.parent,)).run(
-        runner, ["xz", "-6", "-T0", "--block-size=16MiB", "-c", str(source)], stdout=target,
-        timeout=3600)
+        runner, [*COMPRESSIONS[compression].argv, str(source)], stdout=target, timeout=3600)
     return target
 
 
@@ -37,11 +38,11 @@ def write_sums(directory: Path, names: list[str], key: SigningKey | None,
     return sums, signature
 
 
-def build_update_files(sources: dict[str, Path], app_id: str, version: str, out: Path,
-                       key: SigningKey | None, tools: ToolsTree,
+def build_update_files(sources: dict[str, Path], app_id: str, version: str, compression: str,
+                       out: Path, key: SigningKey | None, tools: ToolsTree,
                        runner: Runner) -> UpdateFiles:
-    names = update_names(app_id, version)
-    files = tuple(compress(sources[kind], out / name, tools, runner)
+    names = update_names(app_id, version, compression)
+    files = tuple(compress(sources[kind], out / name, compression, tools, runner)
                   for kind, name in names.items())
     sums, signature = write_sums(out, list(names.values()), key, runner)
     return UpdateFiles(files=files, sums=sums, signature=signature)
