@@ -30,7 +30,7 @@ demo: deps  ## build examples/hello and boot it in QEMU (console on this termina
 	  --disk-size 6G --forward 8080:8080
 
 test: deps  ## lint, unit, wheel, loop-device and VM tests (builds and boots real images)
-	$(PYTHON) -m pytest -m 'vm or device or dist or not (vm or device or dist)'
+	$(PYTHON) -m pytest -m 'vm or device or dist or not (vm or device or dist)' --durations=25
 
 unit:  ## fast tests only (no root, no network)
 	$(PYTHON) -m pytest

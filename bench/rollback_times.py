@@ -18,15 +18,19 @@ from pathlib import Path
 
 def main() -> None:
     logs = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(".ci-logs")
-    for path in sorted(logs.glob("rollback-*.json")):
+    # rollback.json: the test's tries (update_story.py); rollback-*.json: older runs'.
+    for path in sorted([*logs.glob("rollback.json"), *logs.glob("rollback-*.json")]):
         boots = json.loads(path.read_text())
         if not boots or not isinstance(boots[0], dict):
             continue
-        bad = [b for b in boots if b["version"] != "1.0"]
+        good = boots[-1]["version"]
+        bad = [b for b in boots if b["version"] != good]
         total = sum(b["seconds"] for b in boots)
         tries = " + ".join(f"{b['seconds']:.0f}" for b in bad)
-        print(f"{path.stem.removeprefix('rollback-'):<16} back on 1.0 after {total:6.0f} s: "
-              f"{len(bad)} tries of 2.0 ({tries} s) + good boot {boots[-1]['seconds']:.0f} s")
+        name = path.stem.removeprefix("rollback-") if "-" in path.stem else "three ways"
+        print(f"{name:<16} back on {good} after {total:6.0f} s: {len(bad)} tries of "
+              f"{bad[0]['version'] if bad else '-'} ({tries} s) + good boot "
+              f"{boots[-1]['seconds']:.0f} s")
 
 
 if __name__ == "__main__":

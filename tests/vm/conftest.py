@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from appsdk.core.runner import Runner
 from appsdk.trust import keys, secureboot
 
 sys.path.insert(0, str(Path(__file__).parent))
+import update_story
 from vmlib import build_hello, free_port, signed_hello
 
 
@@ -75,3 +77,15 @@ def hello_v2(root_required: None, tmp_path_factory: pytest.TempPathFactory, hell
              signing_key: keys.SigningKey, update_port: int) -> appsdk.BuildResult:
     return build_hello(hello_app, "2.0", tmp_path_factory.mktemp("hello-x86-v2"), signing_key,
                        update_port)
+
+
+@pytest.fixture(scope="session")
+def update_and_rollback(hello_v1: appsdk.BuildResult, hello_v2: appsdk.BuildResult,
+                        hello_app: Path, signing_key: keys.SigningKey,
+                        sb_keyset: secureboot.SecureBootKeys, update_port: int,
+                        tmp_path_factory: pytest.TempPathFactory,
+                        vm_logs: Path) -> dict[str, dict[str, Any]]:
+    """One device's updates and rollback (update_story.py), for the update and rollback
+    modules: whichever runs first pays for it."""
+    return update_story.run(hello_v1, hello_v2, hello_app, signing_key, sb_keyset,
+                            update_port, tmp_path_factory.mktemp("x86-update"), vm_logs)

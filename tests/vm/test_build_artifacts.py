@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from vmlib import build_hello, esp_extent
+from vmlib import build_hello, esp_extent, gzip_updates
 
 import appsdk
 from appsdk.core.progress import RecordingReporter
@@ -129,6 +129,7 @@ def test_same_inputs_same_bytes_and_overlay_change_reuses_cache(
     app = tmp_path / "hello-changed"
     shutil.copytree(REPO / "examples/hello", app, ignore=shutil.ignore_patterns("build"))
     (app / "overlay/usr/lib/hello/extra.txt").write_text("changed overlay\n")
+    gzip_updates(app)  # the reproducible build above keeps the default, xz
     events = RecordingReporter()
     changed = appsdk.build(app, board="x86-uefi", version="1.0", output=tmp_path / "changed",
                            reporter=events, key_dir=signing_key.home,
@@ -138,3 +139,4 @@ def test_same_inputs_same_bytes_and_overlay_change_reuses_cache(
     assert done["rootfs"].startswith("(cached")
     assert done["initrd"] == "(cached)"
     assert changed.artifacts["usr"].sha256 != hello_v1.artifacts["usr"].sha256
+    assert changed.artifacts["update-usr"].path.name == "hello_1.0.usr.gz"

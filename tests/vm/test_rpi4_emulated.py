@@ -7,7 +7,9 @@ counting): v2's boot proves it of U-Boot, v3's of EDK2. The images are signed fo
 Boot and EDK2 runs with the key set enrolled: Secure Boot is enforced on both EDK2 boots.
 Everything is read off the device's console.
 
-arm64 under TCG is several times slower than x86: one image set, five boots in all."""
+arm64 under TCG is several times slower than x86: one image set, five boots in all. The
+updates are gzip-compressed (update.compression) and boot without the watchdog (see
+variant)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,16 @@ from typing import Any
 
 import pytest
 import yaml
-from vmlib import disk_copy, efi_global, esp_put, sysupdate_update, tampered, vm_boot, watch_boot
+from vmlib import (
+    disk_copy,
+    efi_global,
+    esp_put,
+    gzip_updates,
+    sysupdate_update,
+    tampered,
+    vm_boot,
+    watch_boot,
+)
 
 import appsdk
 from appsdk.core.progress import TextReporter
@@ -57,9 +68,16 @@ def variant(tmp: Path, base: Path, version: str, failing: bool) -> Path:
     # virt's UART is a PL011 (ttyAMA0); the Pi's console (board data) stays on the cmdline.
     config["kernel"]["cmdline"] = "console=ttyAMA0,115200"
     config["boot"] = {"tries": 1}
+    if version != "1.0":
+        # The Pi's watchdog allows 15 s at most (board data), which arm64 under TCG on a
+        # slow or busy host can miss while PID 1 is busy: seen here, a v2 boot reset at
+        # basic.target. The factory image keeps it (its boot proves it is armed); the
+        # updates fail by their health check, not by the watchdog, so they go without.
+        config["boot"]["watchdog"] = 0
     if failing:
         config["health"] = [{"name": "always-fails", "command": "false", "timeout": 5}]
     (app / "appliance.yaml").write_text(yaml.safe_dump(config))
+    gzip_updates(app)  # its update runs are arm64's slowest part; x86 keeps xz
     return app
 
 
@@ -97,7 +115,9 @@ def boot_facts(shell: Any) -> dict[str, Any]:
         "status": json.loads(shell.output("appsdk-status --json")),
         "firmware": efivar(shell, "LoaderFirmwareInfo"),
         "count_path": efivar(shell, "LoaderBootCountPath"),
-        "watchdog": shell.output("journalctl -b -o cat _PID=1 | grep -m1 'hardware watchdog'"),
+        # "" where the image runs without one (the updates, see variant).
+        "watchdog": shell.output("journalctl -b -o cat _PID=1 | grep -m1 'hardware watchdog'"
+                                 " || true"),
         "arch": shell.output("uname -m"),
     }
 

@@ -1,16 +1,31 @@
-"""Walking skeleton, proven on a booted device: build examples/hello for x86-uefi, grow the
-disk to 6 GiB, boot it twice with q35 + OVMF under TCG and read the facts off its console."""
+"""Walking skeleton, proven on a booted device: build examples/hello for x86-uefi, flash it
+with `appsdk flash` (bmap, direct I/O, read-back) to a 6 GiB loop device, boot that block
+device twice with q35 + OVMF under TCG (appsdk's command line, then the README's plain one)
+and read the facts off its console. A card that verifies must also boot: the first boot is
+the flashed card's (a boot of its own before: one boot fewer)."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vmlib import disk_copy, free_port, ovmf_vars, running, vm_boot
+from vmlib import REPO, free_port, ovmf_vars, running, vm_boot
 
 import appsdk
+from appsdk.cli import main
+from appsdk.core.progress import NullReporter
+from appsdk.core.runner import Runner
+from appsdk.deliver.flash import image_digest, open_source
+from appsdk.pipeline.tools import ensure_tools
+
+sys.path.insert(0, str(REPO / "tests/device"))
+from loopdev import loop_device  # the block-device tests' own
 
 GiB = 1024**3
 SECTOR = 512
@@ -44,12 +59,58 @@ def partitions(shell) -> list[tuple[str, int, int]]:  # type: ignore[no-untyped-
     return sorted(table, key=lambda row: row[1])
 
 
+VICTIM = "/share/common-licenses/GPL-3"  # a file in /usr that booting never reads
+
+
+def erofs_file_offset(usr_image: Path, path: str) -> int:
+    """Physical offset of a file's first data extent in the erofs image (dump.erofs)."""
+    tools = ensure_tools(Runner(), NullReporter())
+    out = tools.sandbox(ro_binds=(usr_image.parent,)).run(
+        Runner(), ["dump.erofs", f"--path={path}", "-e", str(usr_image)]).stdout
+    for line in out.splitlines():
+        parts = line.replace("|", " ").replace(":", " ").split()
+        if parts and parts[0] == "0":
+            return int(parts[4].rstrip("."))
+    raise AssertionError(f"no extent for {path}:\n{out}")
+
+
+def flip_a_byte_in_usr(disk: Path, usr_image: Path) -> None:
+    """What an attacker with the card in hand does: change one byte of a file in /usr."""
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(disk)], check=True,
+                                      capture_output=True, text=True).stdout)
+    usr_part = next(p for p in table["partitiontable"]["partitions"] if p["name"] == "usr_1.0")
+    offset = usr_part["start"] * SECTOR + erofs_file_offset(usr_image, VICTIM) + 100
+    with disk.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+        os.fsync(f.fileno())
+
+
 @pytest.fixture(scope="module")
-def booted_twice(hello_v1: appsdk.BuildResult, tmp_path_factory: pytest.TempPathFactory,
+def card(hello_v1: appsdk.BuildResult, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[tuple[str, subprocess.CompletedProcess[str]]]:
+    """hello v1 flashed by the CLI to a 6 GiB loop device: (device, the flash's result)."""
+    with loop_device(tmp_path_factory.mktemp("card") / "card", 6 * GiB) as dev:
+        flashed = subprocess.run(
+            [sys.executable, "-m", "appsdk.cli", "flash", str(hello_v1.output), dev, "--yes",
+             "--allow-fixed", "--board", "x86-uefi", "--json"],
+            capture_output=True, text=True, timeout=900)
+        yield dev, flashed
+
+
+@pytest.fixture(scope="module")
+def booted_twice(hello_v1: appsdk.BuildResult,
+                 card: tuple[str, subprocess.CompletedProcess[str]],
+                 tmp_path_factory: pytest.TempPathFactory,
                  vm_logs: Path) -> dict[str, object]:
-    """Boot 1 via appsdk's QEMU command line, boot 2 via the plain README command line."""
+    """Boot 1 of the flashed card via appsdk's QEMU command line, boot 2 via the plain
+    README command line."""
+    dev, flashed = card
+    assert flashed.returncode == 0, flashed.stderr[-3000:]
     work = tmp_path_factory.mktemp("x86-boot")
-    disk = disk_copy(hello_v1.image, work / "disk.img", 6 * GiB)
+    disk = Path(dev)
     vars_fd = ovmf_vars(work)
     facts: dict[str, object] = {}
 
@@ -82,6 +143,9 @@ def booted_twice(hello_v1: appsdk.BuildResult, tmp_path_factory: pytest.TempPath
         sh.send("sync; systemctl poweroff")
         assert vm.wait_exit(120) == 0
 
+    # Between the boots the card is altered offline: dm-verity must catch it on read (and
+    # the boot, which never reads that file, still comes up: one boot for both).
+    flip_a_byte_in_usr(disk, hello_v1.artifacts["usr"].path)
     port = free_port()
     with running(plain_qemu(disk, vars_fd, port), port, vm_logs, "x86-boot2", disk,
                  vars_fd) as vm:
@@ -92,9 +156,31 @@ def booted_twice(hello_v1: appsdk.BuildResult, tmp_path_factory: pytest.TempPath
         facts["token2"] = sh.output("cat /var/lib/appsdk-test-token")
         facts["machine_id2"] = sh.output("cat /etc/machine-id")
         facts["partitions2"] = partitions(sh)
+        facts["tampered_read"] = sh.run(f"cat /usr{VICTIM} > /dev/null")
+        facts["intact_read"] = sh.run("cat /usr/share/common-licenses/GPL-2 > /dev/null")[0]
+        facts["verity_log"] = sh.output("dmesg | grep -i 'verity' | tail -3")
         sh.send("systemctl poweroff")
         vm.wait_exit(120)
     return facts
+
+
+def test_too_small_a_card_is_refused_before_anything_is_written(
+        hello_v1: appsdk.BuildResult, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Too small for first boot (slot B and /var): refused, nothing written.
+    with loop_device(tmp_path / "small", 2 * GiB) as dev:
+        assert main(["flash", str(hello_v1.output), dev, "--yes", "--allow-fixed"]) == 7
+        assert "too small" in capsys.readouterr().err
+        with open(dev, "rb") as f:
+            assert f.read(1 << 20) == bytes(1 << 20)
+
+
+def test_the_flash_reports_the_images_digest(
+        hello_v1: appsdk.BuildResult, card: tuple[str, subprocess.CompletedProcess[str]]
+        ) -> None:
+    _, flashed = card
+    assert flashed.returncode == 0, flashed.stderr[-3000:]
+    assert image_digest(open_source(hello_v1.output)) in flashed.stdout
 
 
 def test_banner_shows_id_and_version(booted_twice: dict[str, object]) -> None:
@@ -158,3 +244,11 @@ def test_first_boot_enables_nothing_beyond_the_build(booted_twice: dict[str, obj
     assert isinstance(timers, list)
     assert "systemd-sysupdate.timer" not in timers, timers
     assert not [t for t in timers if t.startswith(("apt-", "dpkg-"))], timers
+
+
+def test_a_byte_flipped_in_usr_offline_is_caught_by_dm_verity(
+        booted_twice: dict[str, object]) -> None:
+    status, output = booted_twice["tampered_read"]  # type: ignore[misc]
+    assert status != 0 and "Input/output error" in output, output
+    assert booted_twice["intact_read"] == 0
+    assert "corrupted" in str(booted_twice["verity_log"]), booted_twice["verity_log"]
