@@ -64,9 +64,12 @@ def make_releases(v1: appsdk.BuildResult, v2: appsdk.BuildResult, v3: appsdk.Bui
         shutil.copytree(good, path)
         return path
 
+    # The verity file is the first transfer (40-verity): its wrong hash stops the update
+    # before the 100 MB /usr is downloaded, and every file's hash is checked the same way.
     bad_hash = variant("bad-hash")
     lines = (bad_hash / SUMS).read_text().splitlines(keepends=True)
-    lines = [("0" * 64 + line[64:]) if "hello_2.0.usr.xz" in line else line for line in lines]
+    lines = [("0" * 64 + line[64:]) if "hello_2.0.verity.xz" in line else line
+             for line in lines]
     (bad_hash / SUMS).write_text("".join(lines))
     keys.sign(signing_key, bad_hash / SUMS, runner)  # validly signed, wrong hash
 
