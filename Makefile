@@ -3,7 +3,7 @@ PYTHON ?= python3
 APT_PACKAGES = mmdebstrap bubblewrap qemu-system-x86 qemu-system-arm qemu-user-static ovmf \
                mtools dosfstools fdisk bmap-tools xz-utils zstd gnupg debian-archive-keyring \
                ca-certificates openssl umockdev e2fsprogs util-linux mount arch-test python3-pip \
-               python3-venv swtpm swtpm-tools
+               python3-venv swtpm swtpm-tools cryptsetup-bin
 BINFMT = /proc/sys/fs/binfmt_misc
 
 .PHONY: deps binfmt demo test unit vm device dist lint bench

@@ -56,6 +56,9 @@ HOST_TOOLS = (
     HostTool("findmnt", "util-linux", "what is mounted", True),
     HostTool("partx", "util-linux", "partition nodes of loop devices in device tests", True),
     HostTool("mount", "mount", "mounts a flashed /var to check it", True),
+    HostTool("cryptsetup", "cryptsetup-bin", "opens a TPM-sealed /var with its recovery key",
+             True),
+    HostTool("swtpm", "swtpm", "the TPM of emulated machines (appsdk run --tpm)"),
 )
 
 

@@ -63,6 +63,10 @@ def test_defaults(tmp_path: Path) -> None:
         ("id: ok\nversion: '1'\nboot:\n  tries: 0\n", 4, "boot.tries", "at least 1"),
         ("id: ok\nversion: '1'\nboot:\n  tries: 12\n", 4, "boot.tries", "at most 9"),
         ("id: ok\nversion: '1'\nfirmware: 'UEFI please'\n", 3, "firmware", "firmware chain"),
+        ("id: ok\nversion: '1'\nvar:\n  encrypt: luks\n", 4, "var.encrypt",
+         "'luks' is not an encryption of /var (none, tpm2)"),
+        ("id: ok\nversion: '1'\nvar:\n  without_tpm: warn\n", 4, "var.without_tpm",
+         "(refuse, plain)"),
     ],
 )
 def test_bad_files_name_file_line_and_field(

@@ -49,7 +49,8 @@ from appsdk.pipeline.treefs import (  # noqa: E402
     read_in_tree,
     write_in_tree,
 )
-from appsdk.spec.appliance import _check_overlay, load_appliance  # noqa: E402
+from appsdk.spec.appliance import load_appliance  # noqa: E402
+from appsdk.spec.overlay import check_overlay  # noqa: E402
 
 
 def _layout(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -277,7 +278,7 @@ def test_any_overlay_and_tree_never_write_outside(tmp_path_factory: pytest.TempP
         (host / "keep").write_text("host")
         build(overlay / "etc", ov, host)
         build(tree / "etc", tr, host)
-        _check_overlay(None, overlay)  # only files, dirs and links: fine at load time
+        check_overlay(overlay)  # only files, dirs and links: fine at load time
         try:
             copy_overlay(overlay, tree)
         except AppsdkError:

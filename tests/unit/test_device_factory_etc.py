@@ -40,6 +40,8 @@ class Initrd:
         (self.sysroot / "usr/lib/os-release").write_text("IMAGE_ID=hello\nIMAGE_VERSION=1.0\n")
         self.bin = tmp / "bin"
         self.bin.mkdir()
+        self.dev = tmp / "dev"
+        (self.dev / "mapper").mkdir(parents=True)
         for name, body in INITRD_STUBS.items():
             write_exe(self.bin / name, f"#!/bin/bash\n{body}\n")
         self.partition("vda", "vda1", "esp")
@@ -64,9 +66,26 @@ class Initrd:
     def run(self, shell: str = "sh") -> subprocess.CompletedProcess[str]:
         env = {"PATH": f"{self.bin}:/usr/bin:/bin", "FAKE": str(self.tmp),
                "APPSDK_SYSROOT": str(self.sysroot), "APPSDK_SYS": str(self.tmp / "sys"),
-               "APPSDK_DEV": "/dev", "APPSDK_VARMNT": str(self.tmp / "varmnt")}
+               "APPSDK_DEV": str(self.dev), "APPSDK_VARMNT": str(self.tmp / "varmnt"),
+               "APPSDK_CRYPTSETUP": str(self.bin / "systemd-cryptsetup")}
         return subprocess.run([shell, str(DRACUT / "appsdk-factory-etc.sh")], env=env,
                               capture_output=True, text=True, timeout=30, check=False)
+
+    def encrypted_var(self, unseals: bool) -> None:
+        """/var as var.encrypt: tpm2 makes it: LUKS2 on vda3, its content behind
+        /dev/mapper/var once the (fake) systemd-cryptsetup has the TPM unseal it."""
+        self.partition("vda", "vda3", "var")
+        (self.dev / "vda3").write_bytes(b"LUKS\xba\xbe\x00\x02" + bytes(4088))
+        content = self.tmp / "var-var/lib/appsdk"
+        content.mkdir(parents=True)
+        (content / "machine-id").write_text(MACHINE_ID + "\n")
+        opened = f'touch "{self.dev}/mapper/var"' if unseals else "exit 1"
+        write_exe(self.bin / "systemd-cryptsetup",
+                  f'#!/bin/bash\necho "$@" >> "{self.tmp}/cryptsetup.log"\n{opened}\n')
+
+    def cryptsetup_calls(self) -> list[str]:
+        log = self.tmp / "cryptsetup.log"
+        return log.read_text().splitlines() if log.exists() else []
 
     def etc(self, rel: str) -> str:
         return (self.sysroot / "etc" / rel).read_text()
@@ -130,3 +149,50 @@ def test_factory_etc_unit_stops_the_boot_on_failure() -> None:
     setup = (DRACUT / "module-setup.sh").read_text()
     assert "initrd-fs.target.requires/appsdk-factory-etc.service" in setup
     assert "initrd-fs.target.wants" not in setup
+
+
+def test_factory_etc_opens_an_encrypted_var_with_the_tpm(initrd: tuple[Initrd, str]) -> None:
+    fake, shell = initrd
+    fake.encrypted_var(unseals=True)
+    result = fake.run(shell)
+    assert result.returncode == 0, result.stderr
+    assert fake.etc("machine-id") == MACHINE_ID + "\n"
+    # Opened once, by the TPM alone (no prompt), and left open for PID 1's cryptsetup@var.
+    assert fake.cryptsetup_calls() == [
+        f"attach var {fake.dev}/vda3 - tpm2-device=auto,headless=true"]
+    assert (fake.dev / "mapper/var").exists()
+
+
+def test_factory_etc_finds_var_already_open(initrd: tuple[Initrd, str]) -> None:
+    fake, shell = initrd
+    fake.encrypted_var(unseals=False)
+    (fake.dev / "mapper/var").touch()
+    result = fake.run(shell)
+    assert result.returncode == 0, result.stderr
+    assert fake.cryptsetup_calls() == []
+    assert fake.etc("machine-id") == MACHINE_ID + "\n"
+
+
+def test_factory_etc_tpm_refusal_stops_the_boot_and_says_why(initrd: tuple[Initrd, str]
+                                                            ) -> None:
+    fake, shell = initrd
+    fake.encrypted_var(unseals=False)
+    before = (fake.dev / "vda3").read_bytes()
+    result = fake.run(shell)
+    assert result.returncode == 1
+    assert "/var is locked" in result.stderr and "recovery key" in result.stderr
+    assert "stopping the boot" in result.stderr
+    assert not (fake.sysroot / "etc").exists()
+    assert (fake.dev / "vda3").read_bytes() == before  # never reformatted
+
+
+def test_var_tpm2_dracut_module_is_only_added_on_request() -> None:
+    module = DRACUT.parent / "90appsdk-var-tpm2"
+    setup = (module / "module-setup.sh").read_text()
+    # 255: dracut includes a module that checks 0 in every generic initrd.
+    assert "return 255" in setup and "return 0" not in setup.split("depends()")[0]
+    for lib in ("libtss2-esys", "libtss2-sys", "libtss2-tcti-device",
+                "cryptsetup/libcryptsetup-token-systemd-tpm2.so"):
+        assert lib in setup
+    dropin = (module / "tpm2.conf").read_text()
+    assert "After=tpm2.target systemd-pcrphase-initrd.service" in dropin

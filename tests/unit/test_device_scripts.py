@@ -3,6 +3,7 @@ PATH stubs for the commands that would touch the system (hostname, systemctl, mo
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import shutil
@@ -152,6 +153,76 @@ def test_status_text_mode(dev: Device) -> None:
     result = dev.run("appsdk-status")
     assert result.returncode == 0, result.stderr
     assert b"running:   1.0" in result.stdout and b"failed:    none" in result.stdout
+
+
+PCR_PEM = b"-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkq\n-----END PUBLIC KEY-----\n"
+
+
+def luks2_var(dev: Device, tokens: list[dict[str, object]]) -> None:
+    """/dev/disk/by-partlabel/var as a LUKS2 header: the binary part, then the JSON area
+    as libcryptsetup writes it (no spaces, NUL-padded)."""
+    meta = json.dumps({"keyslots": {"0": {"type": "luks2"}, "1": {"type": "luks2"}},
+                       "tokens": {str(i): t for i, t in enumerate(tokens)},
+                       "segments": {}, "digests": {}, "config": {}}, separators=(",", ":"))
+    header = b"LUKS\xba\xbe\x00\x02".ljust(4096, b"\x00")
+    dev.put("dev/disk/by-partlabel/var", header + meta.encode().ljust(12288, b"\x00"))
+
+
+TPM2_TOKEN = {"type": "systemd-tpm2", "keyslots": ["0"], "tpm2-blob": "AAAA",
+              "tpm2-pcrs": [7], "tpm2-pcr-bank": "sha256", "tpm2-primary-alg": "ecc",
+              "tpm2_pubkey_pcrs": [11], "tpm2_pubkey": base64.b64encode(PCR_PEM).decode()}
+
+
+def test_status_reports_the_seal_read_from_the_luks_header(dev: Device) -> None:
+    luks2_var(dev, [TPM2_TOKEN, {"type": "systemd-recovery", "keyslots": ["1"]}])
+    dev.put("run/systemd/tpm2-pcr-public-key.pem", PCR_PEM)
+    status = json.loads(dev.run("appsdk-status", "--json").stdout)
+    assert status["var"] == {"encrypted": True, "unlock": "tpm2", "pcrs": [7],
+                             "pcr_key_pcrs": [11], "pcr_key_is_uki_key": True,
+                             "recovery_key": True}
+    # Another PCR key in the running UKI: said, not hidden.
+    dev.put("run/systemd/tpm2-pcr-public-key.pem", PCR_PEM.replace(b"MIIB", b"MIIC"))
+    assert json.loads(dev.run("appsdk-status", "--json").stdout)["var"][
+        "pcr_key_is_uki_key"] is False
+    text = dev.run("appsdk-status").stdout
+    assert b"var:       encrypted (unlock: tpm2, PCRs [7]" in text
+
+
+def test_status_var_plain_and_a_hostile_header(dev: Device) -> None:
+    dev.put("dev/disk/by-partlabel/var", b"\x53\xef" + bytes(4096))
+    assert json.loads(dev.run("appsdk-status", "--json").stdout)["var"] == {
+        "encrypted": False, "unlock": "none", "pcrs": None, "pcr_key_pcrs": None,
+        "pcr_key_is_uki_key": None, "recovery_key": False}
+    assert b"var:       plain" in dev.run("appsdk-status").stdout
+    token = {**TPM2_TOKEN, "tpm2-pcrs": ["7\"]},{\"x"], "tpm2_pubkey_pcrs": "11"}
+    luks2_var(dev, [token])
+    status = json.loads(dev.run("appsdk-status", "--json").stdout)  # still valid JSON
+    assert status["var"]["unlock"] == "tpm2" and status["var"]["pcrs"] is None
+    assert status["var"]["pcr_key_pcrs"] is None and status["var"]["recovery_key"] is False
+
+
+# --- appsdk-var-recovery -----------------------------------------------------------------
+
+RECOVERY_KEY = "-".join(["cbdefghi"] * 8)
+
+
+@pytest.mark.parametrize("printed", [RECOVERY_KEY, "", "not a key"])
+def test_var_recovery_shows_the_key_once_on_the_console(dev: Device, printed: str) -> None:
+    dev.write_exe(dev.bin / "systemd-cryptenroll",
+                  f'#!/bin/bash\necho "$*" >> "$APPSDK_ROOT/log"\n'
+                  f'echo "A secret recovery key" >&2\necho "{printed}"\n')
+    result = dev.run("appsdk-var-recovery")
+    console = dev.read("console")
+    assert dev.log()[0] == "--recovery-key --unlock-tpm2-device=auto /dev/disk/by-partlabel/var"
+    if printed == RECOVERY_KEY:
+        assert result.returncode == 0, result.stderr
+        assert f"/var recovery key: {RECOVERY_KEY}" in console
+        assert RECOVERY_KEY.encode() not in result.stderr  # stderr is the journal
+        assert (dev.root / "var/lib/appsdk/recovery-key-enrolled").exists()
+    else:
+        assert result.returncode == 1
+        assert "no recovery key" in console and "next boot tries again" in console
+        assert not (dev.root / "var/lib/appsdk/recovery-key-enrolled").exists()
 
 
 def json_strings(*values: bytes) -> list[str]:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from vmlib import build_hello, esp_extent, gzip_updates
+from vmlib import build_hello, esp_extent, gzip_updates, hello_copy
 
 import appsdk
 from appsdk.core.progress import RecordingReporter
@@ -127,7 +127,7 @@ def test_same_inputs_same_bytes_and_overlay_change_reuses_cache(
         assert again.artifacts[kind].sha256 == hello_v1.artifacts[kind].sha256, kind
 
     app = tmp_path / "hello-changed"
-    shutil.copytree(REPO / "examples/hello", app, ignore=shutil.ignore_patterns("build"))
+    hello_copy(app)
     (app / "overlay/usr/lib/hello/extra.txt").write_text("changed overlay\n")
     gzip_updates(app)  # the reproducible build above keeps the default, xz
     events = RecordingReporter()

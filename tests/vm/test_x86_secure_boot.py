@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 from vmlib import (
-    REPO,
     SB_EMULATOR,
     disk_copy,
     efi_global,
     esp_put,
     gzip_updates,
+    hello_copy,
     ovmf_vars,
     tampered,
     vm_boot,
@@ -155,7 +155,7 @@ def secure_boot_scenarios(signing_key: keys.SigningKey, update_port: int,
     for key in (made.key("PK"), made.key("KEK"), keyset.key("PK"), keyset.key("KEK")):
         subprocess.run(["shred", "-u", str(key)], check=True)
     app = tmp / "hello"
-    shutil.copytree(REPO / "examples/hello", app, ignore=shutil.ignore_patterns("build"))
+    hello_copy(app)
     config = app / "appliance.yaml"
     config.write_text(config.read_text() + f"secure_boot:\n  keys: {keyset.directory}\n")
     gzip_updates(app)  # nothing here is updated

@@ -18,6 +18,7 @@ import appsdk
 from appsdk.core.progress import TextReporter
 from appsdk.core.runner import Runner
 from appsdk.deliver.console import SerialConsole, Shell
+from appsdk.pipeline.stages.rootfs import TPM2_PACKAGES
 from appsdk.trust import keys, secureboot
 from appsdk.trust.secureboot import SecureBootKeys
 
@@ -235,18 +236,33 @@ def sysupdate_update(shell: Shell, timeout: float = 900, attempts: int = 3) -> t
         print(f"sysupdate: a download timed out (exit {status}); trying again")
     return status, "\n--- try again ---\n".join(outputs)
 
+TSS_PACKAGES = TPM2_PACKAGES
 SB_EMULATOR = "q35-ovmf-sb"  # OVMF's Secure Boot build (x86-uefi board profile)
 EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
 
 
-def signed_hello(dest: Path, keyset: SecureBootKeys) -> Path:
-    """examples/hello signed for Secure Boot with `keyset`, which it never enrolls itself
-    (enroll: off): the same images boot on plain OVMF (nothing is checked there) and on
-    q35-ovmf-sb started from a store holding the key set (sb_vars), where the firmware checks
-    every binary. So the update and rollback scenarios run under Secure Boot at no extra
-    boot, and the rest as before."""
+def hello_copy(dest: Path) -> Path:
+    """examples/hello at `dest`, with the TSS libraries that var.encrypt: tpm2 adds in its
+    base.packages: every x86 build of the VM tests (the TPM module's encrypted one too) then
+    has the same package set, so one rootfs serves them all (one mmdebstrap fewer). Without
+    a TPM in the machine the libraries are inert."""
     shutil.copytree(REPO / "examples/hello", dest, ignore=shutil.ignore_patterns("build"))
     config = dest / "appliance.yaml"
+    text = config.read_text()
+    packages = "  packages: [python3-minimal, libpython3-stdlib]\n"
+    assert packages in text, f"{config}: base.packages changed; update hello_copy"
+    config.write_text(text.replace(packages,
+                                   packages[:-2] + ", " + ", ".join(TSS_PACKAGES) + "]\n"))
+    return dest
+
+
+def signed_hello(dest: Path, keyset: SecureBootKeys) -> Path:
+    """examples/hello (hello_copy) signed for Secure Boot with `keyset`, which it never
+    enrolls itself (enroll: off): the same images boot on plain OVMF (nothing is checked
+    there) and on q35-ovmf-sb started from a store holding the key set (sb_vars), where the
+    firmware checks every binary. So the update and rollback scenarios run under Secure
+    Boot at no extra boot, and the rest as before."""
+    config = hello_copy(dest) / "appliance.yaml"
     config.write_text(config.read_text()
                       + f"secure_boot:\n  keys: {keyset.directory}\n  enroll: 'off'\n")
     return dest

@@ -17,6 +17,7 @@ class Layout:
     usr_size: int
     var_min: int
     version: str
+    var_encrypted: bool = False  # var.encrypt: tpm2 (LUKS2 sealed to the TPM, docs/tpm.md)
 
     @property
     def usr_type(self) -> str:
@@ -89,6 +90,7 @@ def layout_for(app: Appliance, board: Board) -> Layout:
         usr_size=app.partitions.usr,
         var_min=app.partitions.var_min,
         version=app.version,
+        var_encrypted=app.var.encrypt == "tpm2",
     )
 
 
@@ -116,7 +118,10 @@ def device_repart(layout: Layout) -> dict[str, str]:
         "30-verity-a.conf": partition(Type=layout.verity_type, **pinned_verity),
         "31-verity-b.conf": partition(Type=layout.verity_type, Label=EMPTY_LABEL,
                                       **pinned_verity),
+        # Encrypt=tpm2: the TPM key slot only, sealed as systemd-repart.service's drop-in
+        # says (ondevice.REPART_TPM2_DROPIN); no key material in the image.
         "50-var.conf": partition(Type="var", Label=VAR_LABEL, Format="ext4",
+                                 Encrypt="tpm2" if layout.var_encrypted else None,
                                  SizeMinBytes=layout.var_min, FactoryReset=True),
     }
 

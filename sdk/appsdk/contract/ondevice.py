@@ -112,22 +112,82 @@ WantedBy=sysinit.target
 PRESET = "# appsdk: unit enablement is decided when the image is built.\ndisable *\n"
 
 
-def fstab() -> str:
+VAR_MAPPED = "/dev/mapper/var"
+# First boot makes /var (repart) and seals it before it can be mounted: under TCG with
+# swtpm that took 40 s of TPM work, unsealing another minute (docs/tpm.md).
+VAR_TPM2_TIMEOUT = "300s"
+
+
+def fstab(var_encrypted: bool = False) -> str:
     # /var is created by systemd-repart on first boot, so its mount waits for repart. It is
     # required (no nofail): a boot without it goes to emergency mode.
     # The ESP is mounted at /efi for systemd-sysupdate (PathRelativeTo=boot), bless-boot and
     # appsdk-rollback-check, read-only: a power cut cannot leave its FAT half-written. Its
     # writers take it read-write for their run only (appsdk-esp, ESP_DROPINS). Pass 2: after
     # an unclean shutdown systemd-fsck@ runs fsck.vfat -a (dosfstools) before mounting it.
+    var = (f"{VAR_MAPPED} /var ext4 defaults,x-systemd.device-timeout={VAR_TPM2_TIMEOUT} 0 2\n"
+           if var_encrypted else
+           f"PARTLABEL={VAR_LABEL} /var ext4 "
+           "defaults,x-systemd.after=systemd-repart.service,x-systemd.device-timeout=60s 0 2\n")
     return (
         "# appsdk: / is a tmpfs, /usr comes from the kernel command line, /var persists.\n"
-        f"PARTLABEL={VAR_LABEL} /var ext4 "
-        "defaults,x-systemd.after=systemd-repart.service,x-systemd.device-timeout=60s 0 2\n"
+        + var +
         # nofail: boot does not wait for it, only what needs /efi does; so wait long. A
         # short timeout (30 s) expired under emulation, and a device without /efi cannot
         # bless a good update: boot counting would then roll it back.
         "PARTLABEL=esp /efi vfat ro,umask=0077,nofail,x-systemd.device-timeout=300s 0 2\n"
     )
+
+
+def crypttab() -> str:
+    """var.encrypt: tpm2. The initrd opens /var on every boot but the first (appsdk-factory-
+    etc, for the machine-id); this line opens it on the first, once repart has made it, and
+    finds it open later. headless: never a passphrase prompt, a refusal fails the boot."""
+    return ("# appsdk var.encrypt: tpm2 (docs/tpm.md)\n"
+            f"var /dev/disk/by-partlabel/{VAR_LABEL} - tpm2-device=auto,headless=true,"
+            f"x-systemd.device-timeout={VAR_TPM2_TIMEOUT}\n")
+
+
+# /var's key is sealed to PCR 7 (Secure Boot on, and its keys) and to PCR 11 as the
+# appliance's PCR key signs it (any UKI the team signed: v2 after an update, v1 after a
+# rollback); systemd-stub puts that public key in /run/systemd (docs/tpm.md).
+VAR_TPM2_PCRS = "7"
+VAR_TPM2_PUBLIC_KEY_PCRS = "11"
+PCR_PUBLIC_KEY = "/run/systemd/tpm2-pcr-public-key.pem"
+REPART_TPM2_DROPIN = f"""# appsdk var.encrypt: tpm2: /var is sealed to the TPM when repart makes it.
+[Unit]
+Wants=tpm2.target
+After=tpm2.target
+
+[Service]
+ExecStart=
+ExecStart=systemd-repart --dry-run=no --tpm2-device=auto --tpm2-pcrs={VAR_TPM2_PCRS} \\
+    --tpm2-public-key={PCR_PUBLIC_KEY} --tpm2-public-key-pcrs={VAR_TPM2_PUBLIC_KEY_PCRS}
+"""
+RECOVERY_SERVICE = "appsdk-var-recovery.service"
+RECOVERY_UNIT = """[Unit]
+Description=appsdk: a recovery key for the encrypted /var, shown once on the console
+Documentation=man:systemd-cryptenroll(1)
+RequiresMountsFor=/var/lib
+After=systemd-cryptsetup@var.service
+ConditionPathExists=!/var/lib/appsdk/recovery-key-enrolled
+
+[Service]
+Type=oneshot
+ExecStart=/usr/lib/appsdk/appsdk-var-recovery
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def var_tpm2_files() -> dict[str, File]:
+    """Under /usr, for var.encrypt: tpm2."""
+    return {
+        "lib/systemd/system/systemd-repart.service.d/appsdk-tpm2.conf": File(REPART_TPM2_DROPIN),
+        f"lib/systemd/system/{RECOVERY_SERVICE}": File(RECOVERY_UNIT),
+        "lib/appsdk/appsdk-var-recovery": File(device_script("appsdk-var-recovery"), 0o755),
+    }
 
 
 def transfer(sections: dict[str, dict[str, str | int]]) -> str:
@@ -252,6 +312,8 @@ def usr_files(app: Appliance, layout: Layout, update_url: str | None = None) -> 
     }
     for name, text in device_repart(layout).items():
         files[f"lib/repart.d/{name}"] = File(text)
+    if layout.var_encrypted:
+        files.update(var_tpm2_files())
     if update_url:
         for name, text in sysupdate_transfers(app, layout, update_url).items():
             files[f"lib/sysupdate.d/{name}"] = File(text)
@@ -260,8 +322,9 @@ def usr_files(app: Appliance, layout: Layout, update_url: str | None = None) -> 
 
 def etc_files(app: Appliance) -> dict[str, File]:
     """Files under /etc (shipped as the factory copy, restored on every boot)."""
+    encrypted = app.var.encrypt == "tpm2"
     files = {
-        "fstab": File(fstab()),
+        "fstab": File(fstab(encrypted)),
         "hostname": File(f"{app.id}\n"),
         "issue": File(issue(app)),
         # "uninitialized": PID 1 makes a new id on first boot; later boots restore it from /var.
@@ -269,6 +332,8 @@ def etc_files(app: Appliance) -> dict[str, File]:
         # /usr is built with a fixed old mtime, so ConditionNeedsUpdate= units never rerun.
         ".updated": File("TIMESTAMP_NSEC=0\n"),
     }
+    if encrypted:
+        files["crypttab"] = File(crypttab())
     if app.console.autologin:
         files["systemd/system/serial-getty@.service.d/autologin.conf"] = File(autologin_dropin())
     return files

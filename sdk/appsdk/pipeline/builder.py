@@ -27,7 +27,12 @@ from appsdk.core.runner import Runner
 from appsdk.core.version import __version__
 from appsdk.image import bmap
 from appsdk.pipeline import rpi_boot
-from appsdk.pipeline.inputs import resolve_inputs, secure_boot_keys, signing_key
+from appsdk.pipeline.inputs import (
+    check_var_encryption,
+    resolve_inputs,
+    secure_boot_keys,
+    signing_key,
+)
 from appsdk.pipeline.publish import (
     Artifact,
     claim_output,
@@ -108,6 +113,7 @@ def _build(source: Path, claims: contextlib.ExitStack, *, board: str | None,
     signing = signing_key(app, key_dir, url, runner)
     sb = secure_boot_keys(app, key_dir, sb_keys)
     db_sha256 = sb.db_fingerprint() if sb else ""
+    check_var_encryption(app, sb)
 
     with stage(reporter, "tools", "build tools tree") as r:
         tools = ensure_tools(runner, reporter)
@@ -123,7 +129,8 @@ def _build(source: Path, claims: contextlib.ExitStack, *, board: str | None,
                             f"{', '.join(custom.absent_excludes)}: kernel.modules_exclude "
                             "entries ignored; check them for typos)")
     with stage(reporter, "initrd", "dracut") as r:
-        initrd = build_initrd(brd, custom, rootfs.key, runner, reporter)
+        initrd = build_initrd(brd, custom, rootfs.key, runner, reporter,
+                              var_encrypted=layout.var_encrypted)
         r["message"] = "(cached)" if initrd.cached else ""
     with stage(reporter, "usr", "erofs image of /usr") as r:
         usr = build_usr_image(custom.tree, staging / f"{base}.usr", f"{app.id}:{app.version}",

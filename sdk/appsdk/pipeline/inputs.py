@@ -4,6 +4,7 @@ policy) and the output directory. Bad input is refused here, with nothing made."
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from appsdk.core.errors import ConfigError, Option
 from appsdk.core.progress import Event, EventKind, Reporter
 from appsdk.core.runner import Runner
 from appsdk.spec import fields
-from appsdk.spec.appliance import Appliance, load_appliance
+from appsdk.spec.appliance import Appliance, Var, load_appliance
 from appsdk.spec.boards import Board, load_board
 from appsdk.trust import keys, secureboot
 from appsdk.trust.keys import SigningKey
@@ -50,10 +51,44 @@ def resolve_inputs(source: Path, *, board: str | None, version: str | None,
                             f"warning: board {brd.name} is not complete yet (see its profile)"))
     chain = brd.check_chain(firmware or app.firmware or brd.firmware_chain,
                             file=None if firmware else str(app.source))
+    app = var_for_board(app, brd, reporter)
     directory = Path(source if Path(source).is_dir() else Path(source).parent)
     target = (output or directory / "build" / brd.name).resolve()
     return BuildInputs(app, brd, chain, url, target,
                        int(os.environ.get("SOURCE_DATE_EPOCH", "0")))
+
+
+def var_for_board(app: Appliance, board: Board, reporter: Reporter) -> Appliance:
+    """var.encrypt: tpm2 on a board whose profile names no TPM: refused, or (without_tpm:
+    plain) built with a plain /var, said as a warning. Everything after sees the result."""
+    if app.var.encrypt != "tpm2" or board.tpm_modules:
+        return app
+    if app.var.without_tpm != "plain":
+        raise ConfigError(
+            f"var.encrypt is tpm2 but board {board.name} has no TPM (its profile names no "
+            "tpm_modules)", file=str(app.source), field="var.encrypt",
+            hint="set var.without_tpm: plain to build a plain /var for this board, or use a "
+                 "board profile with its TPM module (docs/boards.md: a Pi with an SPI TPM)")
+    reporter.emit(Event(EventKind.INFO, "board",
+                        f"warning: board {board.name} has no TPM: /var stays plain "
+                        "(var.without_tpm: plain)"))
+    return dataclasses.replace(app, var=Var(encrypt="none", without_tpm="plain"))
+
+
+def check_var_encryption(app: Appliance, sb: SecureBootKeys | None) -> None:
+    """A TPM-sealed /var needs the signed PCR 11 policy: without Secure Boot anything could
+    extend PCR 11 to a signed UKI's values; without a PCR key there is no policy."""
+    if app.var.encrypt != "tpm2":
+        return
+    if sb is None:
+        raise ConfigError("var.encrypt: tpm2 needs secure_boot: the TPM policy trusts only "
+                          "UKIs signed by the appliance's PCR key, and only Secure Boot makes "
+                          "sure nothing else ran first", file=str(app.source),
+                          field="var.encrypt", hint="turn secure_boot on (docs/tpm.md)")
+    if not sb.has_pcr_key():
+        raise ConfigError("var.encrypt: tpm2 needs a PCR key in the Secure Boot key set",
+                          file=str(sb.directory), field="var.encrypt",
+                          hint="add one with appsdk keys secure-boot (docs/tpm.md)")
 
 
 def signing_key(app: Appliance, key_dir: Path | None, url: str | None,

@@ -114,7 +114,7 @@ def read_in_tree(root: Path, rel: str) -> str:
 
 def copy_overlay(overlay: Path, tree: Path) -> None:
     """overlay/usr and overlay/etc into the tree, as `cp -a --no-preserve=ownership` would,
-    but never through a link on either side. Refuses what spec.appliance._check_overlay
+    but never through a link on either side. Refuses what spec.overlay.check_overlay
     refuses, again here, because the overlay can change between loading and copying."""
     copy = _TreeCopy(overlay=True)
     for top in ("usr", "etc"):

@@ -10,6 +10,7 @@ from appsdk.core.units import MiB
 from appsdk.spec import fields
 from appsdk.spec.boards import DEFAULT_BOARD
 from appsdk.spec.fields import SIZE_LIMITS
+from appsdk.spec.overlay import check_overlay
 from appsdk.spec.reader import Reader
 from appsdk.spec.yamlsrc import load
 
@@ -26,11 +27,15 @@ SUITE_PATTERN = r"[a-z][a-z0-9-]*"
 TOP_FIELDS = {
     "schema", "id", "name", "version", "board", "base", "overlay", "kernel",
     "partitions", "console", "services", "health", "update", "boot", "firmware",
-    "secure_boot",
+    "secure_boot", "var",
 }
 # loader.conf(5) secure-boot-enroll: what systemd-boot does with the ESP's key set on a
 # machine in setup mode (docs/secure-boot.md: if-safe enrolls in VMs only, force anywhere).
 ENROLL_MODES = ("if-safe", "manual", "force", "off")
+# var.encrypt: "tpm2" seals /var to the device's TPM and the team's PCR key (docs/tpm.md).
+VAR_ENCRYPTIONS = ("none", "tpm2")
+# var.without_tpm: what a build for a board whose profile names no TPM does.
+WITHOUT_TPM = ("refuse", "plain")
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,13 @@ class SecureBoot:
 
 
 @dataclass(frozen=True)
+class Var:
+    """The persistent /var made on first boot."""
+    encrypt: str = "none"  # one of VAR_ENCRYPTIONS
+    without_tpm: str = "refuse"  # one of WITHOUT_TPM: a TPM-less board refuses, or gets plain
+
+
+@dataclass(frozen=True)
 class Appliance:
     id: str
     version: str
@@ -168,6 +180,7 @@ class Appliance:
     boot: Boot = field(default_factory=Boot)
     firmware: str | None = None  # the board's firmware chain; None: the board's default
     secure_boot: SecureBoot | None = None  # None: EFI binaries are not signed
+    var: Var = field(default_factory=Var)
     source: Path | None = None
 
     def with_version(self, version: str, flag: str = Option("version")) -> Appliance:
@@ -205,7 +218,7 @@ def load_appliance(path: Path) -> Appliance:
             raise src.error(("overlay",), f"cannot be resolved: {exc}") from None
         if not found:
             raise src.error(("overlay",), f"directory {overlay} does not exist")
-        _check_overlay(src.error, overlay)
+        check_overlay(overlay)
 
     kernel = top.sub("kernel", {"cmdline", "modules_exclude"})
     parts = top.sub("partitions", {"esp", "usr", "var_min"})
@@ -246,73 +259,9 @@ def load_appliance(path: Path) -> Appliance:
         update=_update(top, overlay),
         boot=_boot(top),
         secure_boot=_secure_boot(top, overlay),
+        var=_var(top),
         source=file.resolve(),
     )
-
-
-def _check_overlay(error: object, overlay: Path) -> None:
-    """Refuse overlay entries that would be lost or would pull build-host files into the
-    image: a top (usr/, etc/) that is a symlink, device nodes, fifos, sockets, hard links to
-    files outside the overlay (their other names may be host secrets; we cannot see where),
-    unreadable entries. Symlinks below the tops are image paths, copied as links.
-    customize checks again while it copies: the tree can change in between."""
-    import os
-    import stat
-
-    def refuse(path: Path | str, why: str, hint: str) -> ConfigError:
-        return ConfigError(f"overlay entry {why}", file=str(path), hint=hint)
-
-    unreadable = "make it readable by the user running appsdk, or remove it"
-    try:
-        tops = sorted(overlay.iterdir())
-    except OSError as exc:
-        raise refuse(overlay, f"cannot be read: {exc.strerror}", unreadable) from None
-    stack: list[tuple[str, int]] = []
-    for entry in tops:
-        # / is a tmpfs and /var is per device: only /usr and /etc (kept as factory /etc) are
-        # imaged.
-        if entry.name not in ("usr", "etc"):
-            raise ConfigError(
-                f"overlay entry {entry.name!r} would be lost: only usr/ and etc/ are part of "
-                "the image (/ is a tmpfs, /var is per device)",
-                file=str(entry),
-                hint="move it under usr/ (e.g. usr/lib/<id>/) or etc/",
-            )
-        if entry.is_symlink():
-            raise refuse(entry, "is a symlink: the image would get what it points to on the "
-                         "build host", f"make {entry.name}/ a real directory in the overlay")
-        if not entry.is_dir():
-            raise refuse(entry, "is not a directory", f"make {entry.name}/ a directory")
-        stack.append((str(entry), 1))
-    names: dict[tuple[int, int], int] = {}  # inode -> names seen in the overlay
-    linked: dict[tuple[int, int], tuple[int, str]] = {}  # inode -> (link count, a name)
-    while stack:
-        directory, depth = stack.pop()
-        if depth > 64:
-            raise refuse(directory, "is nested too deep (more than 64 levels)",
-                         "flatten the overlay")
-        try:
-            with os.scandir(directory) as scan:
-                entries = [(e.path, e.stat(follow_symlinks=False)) for e in scan]
-        except OSError as exc:
-            raise refuse(directory, f"cannot be read: {exc.strerror}", unreadable) from None
-        for path, st in entries:
-            if stat.S_ISDIR(st.st_mode):
-                stack.append((path, depth + 1))
-            elif stat.S_ISREG(st.st_mode):
-                if not os.access(path, os.R_OK):
-                    raise refuse(path, "is not readable", unreadable)
-                if st.st_nlink > 1:
-                    inode = (st.st_dev, st.st_ino)
-                    names[inode] = names.get(inode, 0) + 1
-                    linked[inode] = (st.st_nlink, path)
-            elif not stat.S_ISLNK(st.st_mode):
-                raise refuse(path, "is a device node, fifo or socket: an image holds only "
-                             "files, directories and symlinks", "remove it from the overlay")
-    for inode, (nlink, path) in linked.items():
-        if names[inode] < nlink:
-            raise refuse(path, "is a hard link to a file outside the overlay",
-                         "copy the file into the overlay instead of linking it")
 
 
 def _health(top: Reader) -> tuple[HealthCheck, ...]:
@@ -371,6 +320,16 @@ def _secure_boot(top: Reader, overlay: Path | None) -> SecureBoot | None:
     return SecureBoot(keys=keys, enroll=sb.text(
         "enroll", SecureBoot.enroll, pattern="|".join(ENROLL_MODES),
         what="a systemd-boot enrollment mode (" + ", ".join(ENROLL_MODES) + ")"))
+
+
+def _var(top: Reader) -> Var:
+    var = top.sub("var", {"encrypt", "without_tpm"})
+    return Var(
+        encrypt=var.text("encrypt", Var.encrypt, pattern="|".join(VAR_ENCRYPTIONS),
+                         what="an encryption of /var (" + ", ".join(VAR_ENCRYPTIONS) + ")"),
+        without_tpm=var.text("without_tpm", Var.without_tpm, pattern="|".join(WITHOUT_TPM),
+                             what="what a board without a TPM gets (" + ", ".join(WITHOUT_TPM)
+                             + ")"))
 
 
 def _update(top: Reader, overlay: Path | None) -> Update:

@@ -112,6 +112,9 @@ class Board:
     initrd_modules: tuple[str, ...]
     console: str
     watchdog: Watchdog | None
+    # The kernel drivers of the board's TPM 2.0 (the initrd unseals /var with it); none: the
+    # board has no TPM (var.encrypt: tpm2 then refuses or stays plain, as var.without_tpm says)
+    tpm_modules: tuple[str, ...]
     # Per firmware chain ("common" applies to all): ESP path -> "component:file" | "dtb:path"
     esp_files: dict[str, tuple[tuple[str, str], ...]]
     config_txt: dict[str, tuple[str, ...]]
@@ -199,7 +202,7 @@ def load_board_file(path: Path) -> Board:
         "name", "description", "arch", "firmware_chain", "firmware_options", "kernel_package",
         "kernel_backports",
         "initrd_modules", "console", "watchdog", "esp_files", "config_txt", "disk_devices",
-        "emulators", "complete",
+        "emulators", "complete", "tpm_modules",
     })
     name = top.text("name", pattern=BOARD_PATTERN, what="a board name")
     if name != path.stem:
@@ -258,6 +261,7 @@ def load_board_file(path: Path) -> Board:
         initrd_modules=top.texts("initrd_modules"),
         console=top.text("console"),
         watchdog=watchdog,
+        tpm_modules=top.texts("tpm_modules", pattern=r"[a-z0-9_-]+", what="a kernel module"),
         esp_files=_per_chain_files(top, options),
         config_txt=_per_chain_lines(top, options),
         disk_devices=top.texts("disk_devices"),

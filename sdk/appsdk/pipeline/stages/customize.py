@@ -15,6 +15,7 @@ from appsdk.contract.ondevice import (
     DISABLE_UNITS,
     ENABLE_UNITS,
     IMPORT_PUBRING,
+    RECOVERY_SERVICE,
     UPDATE_TIMER,
     File,
     etc_files,
@@ -84,8 +85,9 @@ def customize(app: Appliance, layout: Layout, rootfs: Rootfs, work: Path, runner
         )
     timer = (UPDATE_TIMER,) if update_url and app.update.automatic else ()
     confirm = confirmation_units(app) if board is not None else ()
+    recovery = (RECOVERY_SERVICE,) if layout.var_encrypted else ()
     systemctl.run(runner, ["systemctl", f"--root={tree}", "enable", *ENABLE_UNITS,
-                           *app.services, *timer, *confirm])
+                           *app.services, *timer, *confirm, *recovery])
     present = [u for u in DISABLE_UNITS if unit_exists(tree, u)]
     if present:
         systemctl.run(runner, ["systemctl", f"--root={tree}", "disable", *present])
@@ -149,8 +151,14 @@ def write_files(root: Path, files: dict[str, File]) -> None:
         write_in_tree(root, rel, spec.content.encode(), spec.mode)
 
 
+# Our dracut modules (appsdk/data/dracut): /etc and the machine-id for every image, opening
+# the TPM-sealed /var for var.encrypt: tpm2. The initrd stage hashes them into its cache key.
+DRACUT_MODULE_DIRS = ("90appsdk-etc", "90appsdk-var-tpm2")
+
+
 def install_dracut_module(tree: Path) -> None:
-    source = resources.files("appsdk") / "data" / "dracut" / "90appsdk-etc"
-    for entry in source.iterdir():
-        write_in_tree(tree / "usr", f"lib/dracut/modules.d/90appsdk-etc/{entry.name}",
-                      entry.read_bytes(), 0o755 if entry.name.endswith(".sh") else 0o644)
+    for module in DRACUT_MODULE_DIRS:
+        source = resources.files("appsdk") / "data" / "dracut" / module
+        for entry in source.iterdir():
+            write_in_tree(tree / "usr", f"lib/dracut/modules.d/{module}/{entry.name}",
+                          entry.read_bytes(), 0o755 if entry.name.endswith(".sh") else 0o644)

@@ -26,6 +26,12 @@ BASE_PACKAGES = (
     # SHA256SUMS.gpg by running gpg; dosfstools: fsck.vfat for the ESP after a power cut.
     "zstd", "gpg", "dosfstools",
 )
+# var.encrypt: tpm2: the TSS that systemd-repart, systemd-cryptsetup and systemd-pcrphase load
+# at run time (dlopen, so no package depends on it). Names of trixie's t64 libraries.
+TPM2_PACKAGES = (
+    "libtss2-esys-3.0.2-0t64", "libtss2-mu-4.0.1-0t64", "libtss2-rc0t64", "libtss2-sys1t64",
+    "libtss2-tctildr0t64", "libtss2-tcti-device0t64",
+)
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,8 @@ def recipe_for(app: Appliance, board: Board) -> RootfsRecipe:
     # A package pinned as name/suite (appliance.yaml) needs that suite's sources too.
     extra |= {p.split("/", 1)[1] for p in app.base.packages if "/" in p}
     extra.discard(app.base.suite)
-    packages = sorted({*BASE_PACKAGES, kernel, *app.base.packages})
+    tpm2 = TPM2_PACKAGES if app.var.encrypt == "tpm2" else ()
+    packages = sorted({*BASE_PACKAGES, kernel, *tpm2, *app.base.packages})
     return RootfsRecipe(
         suite=app.base.suite,
         mirror=app.base.mirror,

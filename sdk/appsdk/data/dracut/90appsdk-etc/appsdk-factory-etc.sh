@@ -5,7 +5,8 @@
 # Any failure exits non-zero, and the unit (required by initrd-fs.target, OnFailure=
 # emergency.target) stops the boot with the message on the console: a device never runs
 # half-configured or with an invented machine-id.
-# APPSDK_SYSROOT, APPSDK_SYS, APPSDK_DEV and APPSDK_VARMNT are for tests (unset on a device).
+# APPSDK_SYSROOT, APPSDK_SYS, APPSDK_DEV, APPSDK_VARMNT and APPSDK_CRYPTSETUP are for tests
+# (unset on a device).
 set -eu
 SYSROOT=${APPSDK_SYSROOT:-/sysroot}
 SYS=${APPSDK_SYS:-/sys}
@@ -14,6 +15,8 @@ FACTORY=$SYSROOT/usr/share/factory/etc
 NEW=$SYSROOT/.appsdk-etc.new
 OLD=$SYSROOT/.appsdk-etc.old
 VARMNT=${APPSDK_VARMNT:-/run/appsdk-var}
+CRYPTSETUP=${APPSDK_CRYPTSETUP:-/usr/lib/systemd/systemd-cryptsetup}
+VAR_MAPPED=$DEV/mapper/var
 
 fail() {
     echo "appsdk-factory-etc: $*; stopping the boot" >&2
@@ -61,11 +64,39 @@ var_device() {
     echo "$found"
 }
 
+pcr() {  # pcr N: the TPM's sha256 PCR N as the kernel shows it, or "?"
+    cat "$SYS/class/tpm/tpm0/pcr-sha256/$1" 2>/dev/null || echo "?"
+}
+
+# A /var made with var.encrypt: tpm2 is LUKS2 whose key the TPM seals to PCR 7 and to PCR 11
+# as the appliance's PCR key signed it. It is opened here, once: PCR 11 is at enter-initrd,
+# a phase the UKI's signature covers, and PID 1's systemd-cryptsetup@var finds it open.
+# A TPM that refuses stops the boot; nothing here or later reformats or recreates /var.
+open_var() {  # open_var DEVICE: what to mount (DEVICE itself when it is not LUKS)
+    if [ "$(head -c 4 "$1" 2>/dev/null || :)" != LUKS ]; then
+        echo "$1"
+        return 0
+    fi
+    if [ ! -e "$VAR_MAPPED" ]; then
+        # Its reasons go to the console too (it would log to the journal only).
+        SYSTEMD_LOG_TARGET=console "$CRYPTSETUP" attach var "$1" - \
+            tpm2-device=auto,headless=true >&2 || {
+            echo "appsdk: /var is locked: this device's TPM did not unseal it (a disk from" \
+                 "another device, a UKI the appliance's PCR key did not sign, or a cleared" \
+                 "TPM; PCR 7 $(pcr 7), PCR 11 $(pcr 11)). /var is left as it is: unlock it" \
+                 "with its recovery key (docs/tpm.md)" >&2
+            fail "/var ($1) is encrypted and the TPM refused to unseal it"
+        }
+    fi
+    echo "$VAR_MAPPED"
+}
+
 # The persistent machine-id, into the new /etc. A /var that exists but cannot be read
 # stops the boot: going on would give the device a new identity ("first boot").
 restore_machine_id() {
     var=$(var_device) || exit 1
     [ -n "$var" ] || return 0
+    var=$(open_var "$var") || exit 1
     mkdir -p "$VARMNT"
     mount -o ro "$var" "$VARMNT" || fail "cannot mount /var ($var)"
     id=""
