@@ -20,44 +20,23 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from boot_marks import mean_healthy, print_table, watch
 
 from appsdk.contract.buildinfo import load_record
 from appsdk.emulate.qemu import VmSpec, qemu_argv
 from appsdk.spec.boards import load_board
 
-MARKS = {"kernel": "Linux version", "banner": r"appsdk: IMAGE_ID=\S+ IMAGE_VERSION=\S+ booted",
-         "healthy": r"Finished .*appsdk health check"}
 ENROLLED = "Custom Secure Boot keys successfully enrolled"
 
 
 def boot(disk: Path, vars_fd: Path, log: Path, until: str,
          timeout: float = 600) -> dict[str, float]:
-    """One boot (QEMU -no-reboot), serial to `log` (a new file): seconds from start to each
-    mark."""
-    log.unlink(missing_ok=True)
-    board = load_board("x86-uefi")
-    argv = qemu_argv(VmSpec(board=board, disk=disk, snapshot=False, vars_file=vars_fd,
-                            emulator="q35-ovmf-sb", no_reboot=True))
-    argv[argv.index("stdio")] = f"file:{log}"
-    started = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    seen: dict[str, float] = {}
-    try:
-        while time.monotonic() - started < timeout and proc.poll() is None:
-            text = log.read_text(errors="replace") if log.exists() else ""
-            for name, pattern in {**MARKS, "enrolled": ENROLLED}.items():
-                if name not in seen and re.search(pattern, text):
-                    seen[name] = time.monotonic() - started
-            if until in seen:
-                break
-            time.sleep(0.2)
-    finally:
-        proc.kill()
-        proc.wait()
-    return seen
+    """One boot (QEMU -no-reboot), serial to `log`: seconds from start to each mark."""
+    argv = qemu_argv(VmSpec(board=load_board("x86-uefi"), disk=disk, snapshot=False,
+                            vars_file=vars_fd, emulator="q35-ovmf-sb", no_reboot=True))
+    return watch(argv, log, until, timeout, extra={"enrolled": ENROLLED})
 
 
 def esp_offset(disk: Path) -> int:
@@ -100,17 +79,9 @@ def main() -> None:
                     boot(disk, vars_fd, tmp / f"enroll-{run}.log", "enrolled", 120)
                 log = tmp / f"{run}-{'sb' if label.startswith('SB') else 'setup'}.log"
                 rows[label].append(boot(disk, vars_fd, log, "healthy"))
-    print(f"{'':<20}" + "".join(f"{m:>10}" for m in MARKS) + "   (s from QEMU start, TCG)")
-    for label, runs in rows.items():
-        for marks in runs:
-            print(f"{label:<20}" + "".join(f"{marks.get(m, float('nan')):>10.1f}"
-                                           for m in MARKS))
-    def mean(label: str) -> float:
-        times = [r["healthy"] for r in rows[label] if "healthy" in r]
-        return sum(times) / len(times) if times else float("nan")
-
+    print_table(rows, 20)
     print(f"ratio SB / no SB to health check (means of {args.runs} runs): "
-          f"{mean('SB enforced') / mean('setup mode (no SB)'):.2f}")
+          f"{mean_healthy(rows['SB enforced']) / mean_healthy(rows['setup mode (no SB)']):.2f}")
 
 
 if __name__ == "__main__":

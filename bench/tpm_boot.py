@@ -17,11 +17,11 @@ ESP, never /var.)
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from boot_marks import mean_healthy, print_table, watch
 
 from appsdk.contract.buildinfo import load_record
 from appsdk.core.runner import Runner
@@ -30,37 +30,16 @@ from appsdk.emulate.qemu import VmSpec, qemu_argv
 from appsdk.spec.boards import load_board
 from appsdk.trust import secureboot
 
-MARKS = {"kernel": "Linux version", "banner": r"appsdk: IMAGE_ID=\S+ IMAGE_VERSION=\S+ booted",
-         "healthy": r"Finished .*appsdk health check"}
-
 
 def boot(disk: Path, vars_fd: Path, tpm: Path, log: Path, timeout: float = 900
          ) -> dict[str, float]:
     """One boot to the health check (then the power goes): seconds to each mark."""
-    log.unlink(missing_ok=True)
-    seen: dict[str, float] = {}
     with swtpm.running(tpm) as socket:
         argv = qemu_argv(VmSpec(board=load_board("x86-uefi"), disk=disk, snapshot=False,
                                 vars_file=vars_fd, emulator="q35-ovmf-sb", no_reboot=True,
                                 tpm_socket=socket))
-        argv[argv.index("stdio")] = f"file:{log}"
-        started = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        try:
-            while time.monotonic() - started < timeout and proc.poll() is None:
-                text = log.read_text(errors="replace") if log.exists() else ""
-                for name, pattern in MARKS.items():
-                    if name not in seen and re.search(pattern, text):
-                        seen[name] = time.monotonic() - started
-                if "healthy" in seen:
-                    time.sleep(5)  # let the journal reach /var before the power goes
-                    break
-                time.sleep(0.2)
-        finally:
-            proc.kill()
-            proc.wait()
-    return seen
+        # linger: let the journal reach /var before the power goes
+        return watch(argv, log, "healthy", timeout, linger=5)
 
 
 def main() -> None:
@@ -90,19 +69,11 @@ def main() -> None:
                     log = (args.logs or tmp) / f"{label}-{run}-{which.split()[0]}.log"
                     rows.setdefault(f"{label}, {which}", []).append(
                         boot(disk, vars_fd, tpm, log))
-    print(f"{'':<22}" + "".join(f"{m:>10}" for m in MARKS) + "   (s from QEMU start, TCG)")
-    for label, runs in rows.items():
-        for marks in runs:
-            print(f"{label:<22}" + "".join(f"{marks.get(m, float('nan')):>10.1f}"
-                                           for m in MARKS))
-
-    def mean(label: str) -> float:
-        times = [r["healthy"] for r in rows[label] if "healthy" in r]
-        return sum(times) / len(times) if times else float("nan")
-
+    print_table(rows, 22)
     for which in ("first boot", "second boot"):
+        ratio = mean_healthy(rows[f"sealed, {which}"]) / mean_healthy(rows[f"plain, {which}"])
         print(f"ratio sealed / plain to the health check, {which} (means of {args.runs}): "
-              f"{mean(f'sealed, {which}') / mean(f'plain, {which}'):.2f}")
+              f"{ratio:.2f}")
 
 
 if __name__ == "__main__":

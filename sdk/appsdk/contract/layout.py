@@ -90,7 +90,7 @@ def layout_for(app: Appliance, board: Board) -> Layout:
         usr_size=app.partitions.usr,
         var_min=app.partitions.var_min,
         version=app.version,
-        var_encrypted=app.var.encrypt == "tpm2",
+        var_encrypted=app.var.sealed,
     )
 
 

@@ -322,7 +322,7 @@ def usr_files(app: Appliance, layout: Layout, update_url: str | None = None) -> 
 
 def etc_files(app: Appliance) -> dict[str, File]:
     """Files under /etc (shipped as the factory copy, restored on every boot)."""
-    encrypted = app.var.encrypt == "tpm2"
+    encrypted = app.var.sealed
     files = {
         "fstab": File(fstab(encrypted)),
         "hostname": File(f"{app.id}\n"),

@@ -61,7 +61,7 @@ def resolve_inputs(source: Path, *, board: str | None, version: str | None,
 def var_for_board(app: Appliance, board: Board, reporter: Reporter) -> Appliance:
     """var.encrypt: tpm2 on a board whose profile names no TPM: refused, or (without_tpm:
     plain) built with a plain /var, said as a warning. Everything after sees the result."""
-    if app.var.encrypt != "tpm2" or board.tpm_modules:
+    if not app.var.sealed or board.tpm_modules:
         return app
     if app.var.without_tpm != "plain":
         raise ConfigError(
@@ -78,7 +78,7 @@ def var_for_board(app: Appliance, board: Board, reporter: Reporter) -> Appliance
 def check_var_encryption(app: Appliance, sb: SecureBootKeys | None) -> None:
     """A TPM-sealed /var needs the signed PCR 11 policy: without Secure Boot anything could
     extend PCR 11 to a signed UKI's values; without a PCR key there is no policy."""
-    if app.var.encrypt != "tpm2":
+    if not app.var.sealed:
         return
     if sb is None:
         raise ConfigError("var.encrypt: tpm2 needs secure_boot: the TPM policy trusts only "

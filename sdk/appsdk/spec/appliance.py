@@ -161,6 +161,11 @@ class Var:
     encrypt: str = "none"  # one of VAR_ENCRYPTIONS
     without_tpm: str = "refuse"  # one of WITHOUT_TPM: a TPM-less board refuses, or gets plain
 
+    @property
+    def sealed(self) -> bool:
+        """Encrypted, its key sealed to the TPM (every consumer asks only this)."""
+        return self.encrypt == "tpm2"
+
 
 @dataclass(frozen=True)
 class Appliance:

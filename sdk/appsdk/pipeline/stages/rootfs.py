@@ -62,7 +62,7 @@ def recipe_for(app: Appliance, board: Board) -> RootfsRecipe:
     # A package pinned as name/suite (appliance.yaml) needs that suite's sources too.
     extra |= {p.split("/", 1)[1] for p in app.base.packages if "/" in p}
     extra.discard(app.base.suite)
-    tpm2 = TPM2_PACKAGES if app.var.encrypt == "tpm2" else ()
+    tpm2 = TPM2_PACKAGES if app.var.sealed else ()
     packages = sorted({*BASE_PACKAGES, kernel, *tpm2, *app.base.packages})
     return RootfsRecipe(
         suite=app.base.suite,
