@@ -73,7 +73,7 @@ pcr() {  # pcr N: the TPM's sha256 PCR N as the kernel shows it, or "?"
 # a phase the UKI's signature covers, and PID 1's systemd-cryptsetup@var finds it open.
 # A TPM that refuses stops the boot; nothing here or later reformats or recreates /var.
 open_var() {  # open_var DEVICE: what to mount (DEVICE itself when it is not LUKS)
-    if [ "$(head -c 4 "$1" 2>/dev/null || :)" != LUKS ]; then
+    if [ "$(head -c 4 "$1" 2>/dev/null | tr -d '\0')" != LUKS ]; then  # NULs: see starts_with
         echo "$1"
         return 0
     fi
