@@ -16,7 +16,7 @@ from appsdk.trust import keys, secureboot
 
 sys.path.insert(0, str(Path(__file__).parent))
 import update_story
-from vmlib import build_hello, free_port, signed_hello
+from vmlib import build_hello, free_port, sealed_hello, signed_hello
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -51,7 +51,6 @@ def update_port() -> int:
     return free_port()
 
 
-
 @pytest.fixture(scope="session")
 def sb_keyset(tmp_path_factory: pytest.TempPathFactory) -> secureboot.SecureBootKeys:
     """The Secure Boot key set the shared x86 images are signed with."""
@@ -80,12 +79,34 @@ def hello_v2(root_required: None, tmp_path_factory: pytest.TempPathFactory, hell
 
 
 @pytest.fixture(scope="session")
-def update_and_rollback(hello_v1: appsdk.BuildResult, hello_v2: appsdk.BuildResult,
-                        hello_app: Path, signing_key: keys.SigningKey,
+def sealed_app(tmp_path_factory: pytest.TempPathFactory, hello_app: Path) -> Path:
+    """hello_app with /var sealed to the TPM (var.encrypt: tpm2): its devices need one."""
+    return sealed_hello(tmp_path_factory.mktemp("sealed-src") / "hello", hello_app)
+
+
+@pytest.fixture(scope="session")
+def sealed_v1(root_required: None, tmp_path_factory: pytest.TempPathFactory, sealed_app: Path,
+              signing_key: keys.SigningKey, update_port: int) -> appsdk.BuildResult:
+    return build_hello(sealed_app, "1.0", tmp_path_factory.mktemp("sealed-x86-v1"),
+                       signing_key, update_port)
+
+
+@pytest.fixture(scope="session")
+def sealed_v2(root_required: None, tmp_path_factory: pytest.TempPathFactory, sealed_app: Path,
+              signing_key: keys.SigningKey, update_port: int) -> appsdk.BuildResult:
+    return build_hello(sealed_app, "2.0", tmp_path_factory.mktemp("sealed-x86-v2"),
+                       signing_key, update_port)
+
+
+@pytest.fixture(scope="session")
+def update_and_rollback(sealed_v1: appsdk.BuildResult, sealed_v2: appsdk.BuildResult,
+                        sealed_app: Path, signing_key: keys.SigningKey,
                         sb_keyset: secureboot.SecureBootKeys, update_port: int,
                         tmp_path_factory: pytest.TempPathFactory,
                         vm_logs: Path) -> dict[str, dict[str, Any]]:
     """One device's updates and rollback (update_story.py), for the update and rollback
-    modules: whichever runs first pays for it."""
-    return update_story.run(hello_v1, hello_v2, hello_app, signing_key, sb_keyset,
+    modules: whichever runs first pays for it. Its /var is sealed to its TPM, so every
+    version it boots (v2 as sysupdate installed it, each try of v3, the fallback to v2) shows
+    that a UKI the team signed opens it."""
+    return update_story.run(sealed_v1, sealed_v2, sealed_app, signing_key, sb_keyset,
                             update_port, tmp_path_factory.mktemp("x86-update"), vm_logs)

@@ -40,6 +40,17 @@ def test_bad_update_uses_its_tries_then_v2_runs(rollback: dict[str, Any]) -> Non
     assert "used up its boot tries" in rollback["journal"]
 
 
+def test_every_try_and_the_fallback_open_the_sealed_var(
+        rollback: dict[str, Any], update_and_rollback: dict[str, dict[str, Any]]) -> None:
+    """/var is sealed to the TPM (update_story.py): v3's tries open it (the health check and
+    the hang come after that, the panic too), and so does the v2 the device falls back to."""
+    update = update_and_rollback["update"]
+    assert rollback["var"] == update["var1"]  # the token v1 wrote, the same seal
+    for console in rollback["consoles"]:
+        assert "/var is locked" not in console and "Please enter passphrase" not in console
+    assert all("appsdk: /var recovery key" not in c for c in rollback["consoles"])
+
+
 def test_every_try_and_the_fallback_ran_under_secure_boot(rollback: dict[str, Any]) -> None:
     for console in rollback["consoles"]:
         assert "EFI stub: UEFI Secure Boot is enabled." in console

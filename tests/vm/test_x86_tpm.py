@@ -1,5 +1,6 @@
 """/var sealed to the TPM (var.encrypt: tpm2), proven in QEMU under Secure Boot with swtpm as
-the device's TPM. One build (the shared hello with var.encrypt: tpm2) and one disk:
+the device's TPM. The update story's v1 (conftest.py: the shared hello with var.encrypt:
+tpm2) on a disk of its own:
 
 1. first boot: systemd-repart makes /var LUKS2 with a systemd-tpm2 token sealed to PCR 7 and
    to the PCR key's signed PCR 11 policy; a recovery key is shown once on the console;
@@ -9,13 +10,14 @@ the device's TPM. One build (the shared hello with var.encrypt: tpm2) and one di
 4. back in its own device, with another UKI the team signed (its measurements differ, as a
    new version's do): it opens /var in the initrd without a prompt, the data written on the
    first boot is there, and appsdk-status reports the seal read from the LUKS header;
-then, on the host, the recovery key opens a key slot of /var (nothing else does), and the
-header holds exactly the TPM's and the recovery key's slots. (The data's survival of the
-two lock-outs is boot 4's; these hosts have no device-mapper to mount /var with the key.)
+and in that boot the recovery key alone (a second, read-only mapping) reads the data, a
+wrong key nothing; then, on the host, the recovery key opens a key slot of /var (nothing
+else does), and the header holds exactly the TPM's and the recovery key's slots.
 
 Updates and rollbacks keep /var readable because the policy is the PCR key's signature, not
-one UKI's measurements: boot 4 is that case. A v2 installed by sysupdate is not booted with
-a TPM here (docs/tpm.md)."""
+one UKI's measurements: boot 4 is that case, and the update story's device (update_story.py,
+sealed too) boots v2 as sysupdate installed it, each try of a failing v3 and the fallback
+to v2, each opening /var."""
 
 from __future__ import annotations
 
@@ -33,7 +35,6 @@ from vmlib import (
     TSS_PACKAGES,
     disk_copy,
     esp_put,
-    gzip_updates,
     sb_vars,
     vm_boot,
 )
@@ -48,7 +49,7 @@ from appsdk.pipeline.stages.uki import build_uki
 from appsdk.pipeline.tools import ensure_tools
 from appsdk.spec.appliance import load_appliance
 from appsdk.spec.boards import load_board
-from appsdk.trust import keys, secureboot
+from appsdk.trust import secureboot
 
 GiB = 1024**3
 V1_UP = r"appsdk: IMAGE_ID=hello IMAGE_VERSION=1\.0 booted"
@@ -131,21 +132,31 @@ def host_check(disk: Path, recovery_key: str) -> dict[str, Any]:
         subprocess.run(["losetup", "-d", var], check=True)
 
 
+def read_with_key(sh, key: str) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    """On the device, /var's data read through a second, read-only mapping that `key` alone
+    opens (a key file, and no TPM option: systemd-cryptsetup tries only the file, headless),
+    over a loop device of the partition (the running /var holds the partition itself)."""
+    return sh.run(  # type: ignore[no-any-return]
+        # A subshell: its exit must not end the login shell.
+        f"(umask 077; printf %s '{key}' > /run/test-key; mkdir -p /run/varcheck; "
+        "loop=$(losetup -f --show -r /dev/disk/by-partlabel/var) || exit 9; "
+        "/usr/lib/systemd/systemd-cryptsetup attach varcheck $loop /run/test-key "
+        "read-only,headless=true,tries=1 && "
+        "mount -o ro,noload /dev/mapper/varcheck /run/varcheck && "
+        "cat /run/varcheck/lib/appsdk-test-token; rc=$?; "
+        "umount /run/varcheck 2>/dev/null; "
+        "/usr/lib/systemd/systemd-cryptsetup detach varcheck 2>/dev/null; "
+        "losetup -d $loop; rm -f /run/test-key; exit $rc)", timeout=300)
+
+
 @pytest.fixture(scope="module")
-def sealed(root_required: None, hello_app: Path, sb_keyset: secureboot.SecureBootKeys,
-           signing_key: keys.SigningKey, update_port: int,
-           tmp_path_factory: pytest.TempPathFactory, vm_logs: Path) -> dict[str, Any]:
+def sealed(sealed_app: Path, sealed_v1: appsdk.BuildResult,
+           sb_keyset: secureboot.SecureBootKeys, tmp_path_factory: pytest.TempPathFactory,
+           vm_logs: Path) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("tpm")
-    app = tmp / "hello"
-    shutil.copytree(hello_app, app)
-    config = app / "appliance.yaml"
-    config.write_text(config.read_text() + "var:\n  encrypt: tpm2\n")
-    gzip_updates(app)  # nothing here is updated
-    assert set(TSS_PACKAGES) <= set(load_appliance(hello_app).base.packages)  # one rootfs
-    started = time.monotonic()
-    built = appsdk.build(app, board="x86-uefi", version="1.0", output=tmp / "build",
-                         key_dir=signing_key.home, update_url=f"http://10.0.2.2:{update_port}/")
-    facts: dict[str, Any] = {"build_s": round(time.monotonic() - started)}
+    app, built = sealed_app, sealed_v1  # the update story's v1 (conftest.py)
+    assert set(TSS_PACKAGES) <= set(load_appliance(app).base.packages)  # one rootfs
+    facts: dict[str, Any] = {"build_s": round(built.seconds)}
     rogue = secureboot.generate(tmp / "rogue", "Another product", "other", Runner())
     uki = built.artifacts["uki"].path
     rogue_uki = uki_with_pcr_key(uki, app, rogue, sb_keyset, ROGUE_MARK, tmp / "rogue.efi")
@@ -195,6 +206,10 @@ def sealed(root_required: None, hello_app: Path, sb_keyset: secureboot.SecureBoo
         facts["again_up_s"] = round(time.monotonic() - started)
         vm.shell.login(timeout=600)  # the prompt comes after the health check
         facts["token_again"] = vm.shell.output("cat /var/lib/appsdk-test-token")
+        # After the two lock-outs: the data is intact for the recovery key too, and a wrong
+        # key reads nothing (so the key file, not the TPM, opened the mapping).
+        facts["wrong_key"] = read_with_key(vm.shell, facts["recovery_key"][::-1])
+        facts["recovery_read"] = read_with_key(vm.shell, facts["recovery_key"])
         facts["status"] = json.loads(vm.shell.output("appsdk-status --json"))
         facts["factory_etc"] = vm.shell.output("journalctl -b -o cat --no-pager "
                                                "-u appsdk-factory-etc.service | tail -5")
@@ -251,6 +266,10 @@ def test_its_own_device_opens_var_under_another_team_uki_and_the_data_is_there(
 
 def test_the_recovery_key_opens_var_and_the_header_holds_no_other_key(
         sealed: dict[str, Any]) -> None:
+    status, out = sealed["recovery_read"]
+    assert status == 0 and out.strip().endswith(sealed["token"]), out
+    status, out = sealed["wrong_key"]
+    assert status != 0 and sealed["token"] not in out, out
     host = sealed["host"]
     assert host["recovery_opens"]  # the key shown once on the console opens a key slot
     assert not host["empty_opens"] and not host["other_key_opens"]

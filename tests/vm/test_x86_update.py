@@ -47,7 +47,7 @@ def test_update_installs_v2_into_slot_b(update_run: dict[str, object]) -> None:
 
 def test_device_runs_v2_after_reboot_with_v1_as_fallback(update_run: dict[str, object]) -> None:
     assert update_run["banner2"] == ("hello", "2.0")
-    assert update_run["token2"] == update_run["token"]
+    assert update_run["var2"]["token"] == update_run["token"]
     after = update_run["after2"]
     assert after["version"] == "2.0"
     assert after["labels"] == ["esp", "usr_1.0", "verity_1.0", "usr_2.0", "verity_2.0", "var"]
@@ -64,6 +64,21 @@ def test_the_signed_v2_installed_by_sysupdate_boots_under_secure_boot(
     assert "EFI stub: UEFI Secure Boot is enabled." in console
     assert "systemd.verity_usr_data=/dev/disk/by-partlabel/usr_2.0" in console
     assert "Loaded X.509 cert 'Hello appliance Secure Boot db" in console
+
+
+SEALED = {"encrypted": True, "unlock": "tpm2", "pcrs": [7], "pcr_key_pcrs": [11],
+          "pcr_key_is_uki_key": True, "recovery_key": True}
+
+
+def test_v2_installed_by_sysupdate_opens_the_var_v1_sealed(update_run: dict[str, Any]) -> None:
+    """v1's first boot sealed /var to the TPM; v2's UKI measures differently, and the PCR
+    key's signature in it is what opens /var, with no prompt and the data intact."""
+    v1, v2 = update_run["var1"], update_run["var2"]
+    assert v1["status"] == SEALED and v1["source"] == "/dev/mapper/var"
+    assert v2 == v1 and v2["token"] == update_run["token"]
+    console = str(update_run["console2"])
+    assert "/var is locked" not in console and "Please enter passphrase" not in console
+    assert "appsdk: /var recovery key" not in console  # shown on the first boot only
 
 
 def test_blessed_v2_runs_healthy(update_run: dict[str, object]) -> None:

@@ -7,6 +7,7 @@ update run fewer: about 6 minutes under TCG here). The two test modules assert i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 from vmlib import (
     SB_EMULATOR,
+    Vm,
     disk_copy,
     efi_global,
     sb_vars,
@@ -68,7 +70,7 @@ def make_releases(v1: appsdk.BuildResult, v2: appsdk.BuildResult, v3: appsdk.Bui
     # before the 100 MB /usr is downloaded, and every file's hash is checked the same way.
     bad_hash = variant("bad-hash")
     lines = (bad_hash / SUMS).read_text().splitlines(keepends=True)
-    lines = [("0" * 64 + line[64:]) if "hello_2.0.verity.xz" in line else line
+    lines = [("0" * 64 + line[64:]) if "hello_2.0.verity." in line else line
              for line in lines]
     (bad_hash / SUMS).write_text("".join(lines))
     keys.sign(signing_key, bad_hash / SUMS, runner)  # validly signed, wrong hash
@@ -79,15 +81,16 @@ def make_releases(v1: appsdk.BuildResult, v2: appsdk.BuildResult, v3: appsdk.Bui
 
     # A download cut short: the signed SHA256SUMS describes the whole file.
     truncated = variant("truncated")
-    usr = truncated / "hello_2.0.usr.xz"
+    (usr,) = truncated.glob("hello_2.0.usr.*")  # .xz or .gz (update.compression)
     with usr.open("r+b") as f:
         f.truncate(usr.stat().st_size // 2)
 
     older = base / "older"
     older.mkdir()
     for kind in ("efi", "usr", "verity"):
-        shutil.copyfile(good / f"hello_1.0.{kind}.xz", older / f"hello_0.9.{kind}.xz")
-    (older / SUMS).write_text(sha256sums(older, [p.name for p in older.glob("*.xz")]))
+        (v1_file,) = good.glob(f"hello_1.0.{kind}.*")
+        shutil.copyfile(v1_file, older / v1_file.name.replace("_1.0.", "_0.9."))
+    (older / SUMS).write_text(sha256sums(older, sorted(p.name for p in older.iterdir())))
     keys.sign(signing_key, older / SUMS, runner)
     bad_v3 = release(base / "bad-v3", [v2.output, v3.output], signing_key, runner).directory
     return {"good": good, "bad-hash": bad_hash, "foreign-key": foreign,
@@ -103,18 +106,37 @@ def device_state(sh) -> dict[str, object]:  # type: ignore[no-untyped-def]
     }
 
 
+class Device:
+    """The story's machine: its disk, its UEFI variable store and its TPM's state."""
+
+    def __init__(self, image: Path, keyset: secureboot.SecureBootKeys, work: Path) -> None:
+        self.disk = disk_copy(image, work / "disk.img", 6 * GiB)
+        # Under Secure Boot: OVMF's secboot build, started from a store with the key set the
+        # images are signed with, checks systemd-boot and every UKI, v2's as sysupdate put
+        # it. The TPM (swtpm) is what /var is sealed to; it goes with the device.
+        self.vars_fd = sb_vars(work, keyset)
+        self.tpm = work / "tpm"
+
+    def boot(self, logs: Path, name: str) -> contextlib.AbstractContextManager[Vm]:
+        return vm_boot(self.disk, self.vars_fd, logs, name, emulator=SB_EMULATOR,
+                       tpm=self.tpm)
+
+
+def var_facts(sh) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """/var as this boot opened it: the test token written on v1's first boot, what the
+    device reports of the seal, and the mapping it is mounted from."""
+    return {"token": sh.output("cat /var/lib/appsdk-test-token"),
+            "source": sh.output("findmnt -no SOURCE /var"),
+            "status": json.loads(sh.output("appsdk-status --json"))["var"]}
+
+
 def update_story(v1: appsdk.BuildResult, releases: dict[str, Path], server: Publisher,
-                 keyset: secureboot.SecureBootKeys, work: Path, vm_logs: Path
-                 ) -> tuple[dict[str, object], Path, Path]:
+                 device: Device, vm_logs: Path) -> dict[str, object]:
     """v1 refuses the bad releases, installs v2 (and repairs its damaged slot), boots v2,
-    then installs the bad v3. Returns the facts, the disk and its UEFI store."""
-    disk = disk_copy(v1.image, work / "disk.img", 6 * GiB)
-    # Under Secure Boot: OVMF's secboot build, started from a store with the key set the
-    # images are signed with, checks systemd-boot and every UKI, v2's as sysupdate put it.
-    vars_fd = sb_vars(work, keyset)
+    then installs the bad v3. Returns the facts."""
     facts: dict[str, object] = {"attempts": {}}
 
-    with vm_boot(disk, vars_fd, vm_logs, "x86-update-v1", emulator=SB_EMULATOR) as vm:
+    with device.boot(vm_logs, "x86-update-v1") as vm:
         sh = vm.shell
         sh.expect(r"appsdk: IMAGE_ID=hello IMAGE_VERSION=1.0 booted", 300)
         sh.login()
@@ -141,17 +163,18 @@ def update_story(v1: appsdk.BuildResult, releases: dict[str, Path], server: Publ
                "count=1 conv=notrunc,fsync status=none")
         status, output = sysupdate_update(sh)
         facts["repair"] = {"status": status, "output": output, "after": device_state(sh)}
+        facts["var1"] = var_facts(sh)
         sh.send("sync; systemctl poweroff")
         vm.wait_exit(120)
 
-    with vm_boot(disk, vars_fd, vm_logs, "x86-update-v2", emulator=SB_EMULATOR) as vm:
+    with device.boot(vm_logs, "x86-update-v2") as vm:
         sh = vm.shell
         facts["banner2"] = sh.expect(r"appsdk: IMAGE_ID=(\S+) IMAGE_VERSION=(\S+) booted",
                                      300).groups()
         sh.login()
         facts["secureboot2"] = efi_global(sh, "SecureBoot")
         facts["console2"] = vm.console_log.read_text(errors="replace")
-        facts["token2"] = sh.output("cat /var/lib/appsdk-test-token")
+        facts["var2"] = var_facts(sh)
         # systemd-bless-boot renames the UKI once boot-complete.target is reached.
         facts["esp2"] = sh.output(
             "for i in $(seq 60); do ls /efi/EFI/Linux | grep -qx hello_2.0.efi && break; "
@@ -171,7 +194,7 @@ def update_story(v1: appsdk.BuildResult, releases: dict[str, Path], server: Publ
         facts["install_v3"] = {"status": status, "output": output, "after": device_state(sh)}
         sh.send("sync; systemctl poweroff")
         vm.wait_exit(120)
-    return facts, disk, vars_fd
+    return facts
 
 
 # Which way this trial boot of v3 fails, from the try systemd-boot counted for it: the UKI
@@ -237,14 +260,14 @@ def bad_v3(tmp: Path, base: Path) -> Path:
     return app
 
 
-def rollback_tries(disk: Path, vars_fd: Path, logs: Path) -> dict[str, Any]:
+def rollback_tries(device: Device, logs: Path) -> dict[str, Any]:
     """Boot the device that installed the bad v3 until it is back on v2."""
     result: dict[str, Any] = {"boots": [], "consoles": []}
     timings: list[dict[str, Any]] = []
     for attempt in range(1, 9):
         started = time.monotonic()
         name = f"rollback-{attempt}"
-        with vm_boot(disk, vars_fd, logs, name, emulator=SB_EMULATOR) as vm:
+        with device.boot(logs, name) as vm:
             version, outcome = watch_boot(vm, V2_UP, timeout=900)
             if outcome == "early-panic":
                 # QEMU 7.2's TCG race (FIELD-NOTES), before the initrd: on a trial boot of
@@ -262,6 +285,7 @@ def rollback_tries(disk: Path, vars_fd: Path, logs: Path) -> dict[str, Any]:
             if outcome == "up" and version == "2.0":
                 vm.shell.login()
                 result["status"] = json.loads(vm.shell.output("appsdk-status --json"))
+                result["var"] = var_facts(vm.shell)
                 result["esp"] = vm.shell.output("ls /efi/EFI/Linux").split()
                 result["journal"] = vm.shell.output(
                     "journalctl -b -t appsdk --no-pager -o cat | tail -5")
@@ -277,15 +301,17 @@ def rollback_tries(disk: Path, vars_fd: Path, logs: Path) -> dict[str, Any]:
 def run(v1: appsdk.BuildResult, v2: appsdk.BuildResult, app: Path, signing_key: keys.SigningKey,
         keyset: secureboot.SecureBootKeys, port: int, work: Path,
         logs: Path) -> dict[str, dict[str, Any]]:
-    """The whole story: {"update": its facts, "rollback": the tries' facts}."""
+    """The whole story: {"update": its facts, "rollback": the tries' facts}. `app` is sealed
+    (var.encrypt: tpm2), as v1 and v2 are: the device has a TPM."""
     v3 = appsdk.build(bad_v3(work, app), board="x86-uefi", version="3.0",
                       output=work / "build-v3", key_dir=signing_key.home,
                       update_url=f"http://10.0.2.2:{port}/")
     releases = make_releases(v1, v2, v3, signing_key, work / "releases")
     server = Publisher(work / "srv")
     httpd = serve_in_thread(server.root, port=port)
+    device = Device(v1.image, keyset, work)
     try:
-        facts, disk, vars_fd = update_story(v1, releases, server, keyset, work, logs)
+        facts = update_story(v1, releases, server, device, logs)
     finally:
         httpd.shutdown()
     install = facts["install_v3"]
@@ -293,4 +319,4 @@ def run(v1: appsdk.BuildResult, v2: appsdk.BuildResult, app: Path, signing_key: 
     if install["status"] != 0:  # the tries would only show v2 booting
         return {"update": facts, "rollback": {"install": install}}
     return {"update": facts, "rollback": {"install": install,
-                                          **rollback_tries(disk, vars_fd, logs)}}
+                                          **rollback_tries(device, logs)}}

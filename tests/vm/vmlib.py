@@ -268,6 +268,17 @@ def signed_hello(dest: Path, keyset: SecureBootKeys) -> Path:
     return dest
 
 
+def sealed_hello(dest: Path, base: Path) -> Path:
+    """A copy of `base` (signed_hello) with /var sealed to the TPM (var.encrypt: tpm2), its
+    update files made with gzip (gzip_updates: these builds are many, and xz's installs are
+    the shared images'). Its devices boot with a TPM: vm_boot(tpm=...)."""
+    shutil.copytree(base, dest)
+    config = dest / "appliance.yaml"
+    config.write_text(config.read_text() + "var:\n  encrypt: tpm2\n")
+    gzip_updates(dest)
+    return dest
+
+
 def gzip_updates(app: Path) -> None:
     """Make an appliance copy's update files with gzip (update.compression): a sixth of xz's
     time to make and about 0.4x to unpack (bench/compression.py). For the images whose
