@@ -139,7 +139,7 @@ def _build(source: Path, claims: contextlib.ExitStack, *, board: str | None,
             raise ConfigError(
                 f"/usr image is {usr.size} bytes, larger than the slot ({layout.usr_size})",
                 file=str(app.source), field="partitions.usr", hint="raise partitions.usr")
-        verity = build_verity(usr.path, staging / f"{base}.verity", f"{app.id}:{app.version}",
+        verity = build_verity(usr.path, staging / f"{base}.verity", app.id, app.version,
                               tools, runner)
         r["message"] = f"({usr.size / 1e6:.1f} MB, verity {verity.size / 1e6:.1f} MB)"
     cmdline = kernel_cmdline(app, brd, verity.roothash)

@@ -40,17 +40,21 @@ class Verity:
     size: int
 
 
-def build_verity(data: Path, output: Path, seed: str, tools: ToolsTree,
+def build_verity(data: Path, output: Path, app_id: str, version: str, tools: ToolsTree,
                  runner: Runner) -> Verity:
-    """dm-verity hash tree of the /usr image. Salt and UUID are derived from the seed so the
-    same image always gets the same tree and root hash."""
+    """dm-verity hash tree of the /usr image. Salt and UUID are derived from the appliance
+    (and the UUID from its version) so the same image always gets the same tree and root
+    hash. One salt for every version: a block of /usr that a new version leaves alone keeps
+    its hash in the tree, and a delta update fetches only the tree's changed blocks (with a
+    salt per version every hash differs). The salt is public either way (it is in the
+    tree's superblock); it only has to differ from other appliances' trees."""
     import hashlib
     import re
 
     from appsdk.core.errors import BuildError
 
-    salt = hashlib.sha256(f"appsdk:verity-salt:{seed}".encode()).hexdigest()
-    tree_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"appsdk:verity:{seed}"))
+    salt = hashlib.sha256(f"appsdk:verity-salt:{app_id}".encode()).hexdigest()
+    tree_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"appsdk:verity:{app_id}:{version}"))
     output.unlink(missing_ok=True)
     result = tools.sandbox(binds=(output.parent,), ro_binds=(data.parent,)).run(runner, [
         "veritysetup", "format", "--data-block-size=4096", "--hash-block-size=4096",
