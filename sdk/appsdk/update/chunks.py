@@ -25,6 +25,7 @@ from appsdk.core.errors import ConfigError
 BLOCK = 4096
 INDEX_FORMAT = "appsdk-chunk-index 1"
 MAX_INDEX_CHUNKS = 1 << 20  # 1 Mi chunks of at least 4 KiB: 4 GiB and more per artifact
+NAME = r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,254}"  # an artifact's name: a plain file name
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def chunk_file(path: Path, name: str | None = None,
 
 _HEAD = re.compile(
     rf"{re.escape(INDEX_FORMAT)}\n"
-    r"name (?P<name>[A-Za-z0-9][A-Za-z0-9._+~-]{0,254})\n"
+    rf"name (?P<name>{NAME})\n"
     r"size (?P<size>0|[1-9][0-9]{0,15})\n"
     r"sha256 (?P<sha256>[0-9a-f]{64})\n"
     rf"block {BLOCK} min (?P<min>[1-9][0-9]{{0,3}}) avg (?P<avg>[1-9][0-9]{{0,3}}) "
