@@ -112,8 +112,13 @@ def chunk_file(path: Path, name: str | None = None,
     for chunk, data in iter_chunks(path, params):
         whole.update(data)
         chunks.append(chunk)
+    return index_of(name or path.name, params, chunks, whole.hexdigest())
+
+
+def index_of(name: str, params: ChunkParams, chunks: list[Chunk], sha256: str) -> ChunkIndex:
+    """The index of a file's chunks, in order (its size is where the last one ends)."""
     size = chunks[-1].offset + chunks[-1].size if chunks else 0
-    return ChunkIndex(name or path.name, size, whole.hexdigest(), params, tuple(chunks))
+    return ChunkIndex(name, size, sha256, params, tuple(chunks))
 
 
 _HEAD = re.compile(

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appsdk.core.errors import VerifyFailed
-from appsdk.update.chunks import DEFAULT_PARAMS, NAME, ChunkIndex, ChunkParams, iter_chunks
+from appsdk.update.chunks import (
+    BLOCK,
+    DEFAULT_PARAMS,
+    NAME,
+    ChunkIndex,
+    ChunkParams,
+    index_of,
+    iter_chunks,
+)
 
 STORE = "chunks"
 INDEX_SUFFIX = ".chunks"
@@ -73,7 +81,7 @@ def add_artifact(root: Path, artifact: Path, name: str,
     if not re.fullmatch(NAME, name):
         raise ValueError(f"not an artifact name: {name!r}")
     written = kept = bytes_written = 0
-    max_size = params.max_blocks * 4096
+    max_size = params.max_blocks * BLOCK
     chunks = []
     seen: set[str] = set()  # a chunk repeated in the file is checked or written once
     whole = hashlib.sha256()
@@ -93,8 +101,7 @@ def add_artifact(root: Path, artifact: Path, name: str,
             continue
         bytes_written += _write_new(path, data)
         written += 1
-    size = chunks[-1].offset + chunks[-1].size if chunks else 0
-    index = ChunkIndex(name, size, whole.hexdigest(), params, tuple(chunks))
+    index = index_of(name, params, chunks, whole.hexdigest())
     index_file = root / f"{name}{INDEX_SUFFIX}"
     index_file.write_text(index.to_text())
     return StoreResult(index, index_file, written, kept, bytes_written)
